@@ -1,0 +1,41 @@
+"""devstral_jax: QLoRA fine-tuning of Devstral Small into an Elixir coding model, in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.10",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "grain>=0.2.18",
+    "transformers>=5.0",
+    "safetensors>=0.8",
+    "tensorstore>=0.1.86",
+    "httpx>=0.28",
+    "absl-py>=2.3",
+    "ml-collections>=1.1",
+    "mistral-common>=1.13",
+    "numpy>=2.0",
+    "tqdm>=4.66",
+    "array-record>=0.8",
+    "datasketch>=1.6",
+]
+
+EXTRAS = {
+    # Reference implementations for parity tests. torch is pinned to the CPU build on disk:
+    # an unpinned torch would pull several GB of CUDA wheels.
+    "test": ["pytest>=8", "torch==2.13.0", "bitsandbytes>=0.48", "peft>=0.17", "accelerate>=1.0"],
+    "gpu": ["jax[cuda12]>=0.10"],
+    "tpu": ["jax[tpu]>=0.10"],
+}
+
+setup(
+    name="devstral_jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["devstral_jax", "devstral_jax.*", "data_pipeline", "data_pipeline.*"]),
+    package_data={"data_pipeline": ["elixir/*.exs"]},
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+)
