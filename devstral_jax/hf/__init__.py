@@ -1,0 +1,1 @@
+"""Hugging Face interoperability: parameter names, and (later) streamed import and export."""

@@ -1,0 +1,47 @@
+"""The small layers of the Mistral decoder: token embedding, RMSNorm and the SwiGLU MLP."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from devstral_jax.model.linear import KERNEL_INIT, Linear
+
+
+class Embed(nnx.Module):
+    """Token id -> vector lookup; the table is `[vocab, embed]`, as in Hugging Face."""
+
+    def __init__(self, vocab_size: int, features: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(KERNEL_INIT(rngs.params(), (vocab_size, features), param_dtype),
+                                   logical_axes=("vocab", "embed"))
+        self.dtype = dtype
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, normalised in float32 (as transformers does) and returned in the input dtype."""
+
+    def __init__(self, features: int, *, eps: float, param_dtype: jnp.dtype):
+        self.scale = nnx.Param(jnp.ones((features,), param_dtype), logical_axes=("embed",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, features: int, hidden: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = Linear(features, hidden, axes=("embed", "mlp"), **kw)
+        self.up_proj = Linear(features, hidden, axes=("embed", "mlp"), **kw)
+        self.down_proj = Linear(hidden, features, axes=("mlp", "embed"), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,108 @@
+"""The Mistral/Devstral decoder: embedding, N pre-norm blocks (scanned or unrolled, rematerialised), final norm, lm_head."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from devstral_jax.config import ModelConfig
+from devstral_jax.model.attention import Attention
+from devstral_jax.model.layers import MLP, Embed, RMSNorm
+from devstral_jax.model.linear import Linear
+
+
+class Block(nnx.Module):
+    """x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        param_dtype = jnp.dtype(config.param_dtype)
+        self.input_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
+        self.attn = Attention(config, rngs=rngs)
+        self.post_attn_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size, dtype=jnp.dtype(config.dtype),
+                       param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        x = x + self.attn(self.input_norm(x), positions, segment_ids)
+        return x + self.mlp(self.post_attn_norm(x))
+
+
+def remat_policy(name: str) -> Callable | None:
+    """The `jax.checkpoint` policy for a `ModelConfig.remat_policy` name ('none' is handled by the caller)."""
+    return {
+        "full": None,  # save only the layer's input; recompute everything else
+        "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+    }[name]
+
+
+class Transformer(nnx.Module):
+    """`tokens [B, T]` -> logits `[B, T, vocab]` (float32).
+
+    `positions` restart at 0 for each document of a packed row and `segment_ids` number its documents
+    (0 = padding), so no token attends across documents. With `scan_layers` the blocks' parameters are
+    stacked on a leading `layers` axis and one block body is compiled and scanned.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        self.embedder = Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if config.scan_layers:
+            self.layers = _stacked_blocks(config, rngs)
+        else:
+            self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, axes=("embed", "vocab"), dtype=dtype,
+                              param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        return self.logits(self.hidden_states(tokens, positions, segment_ids))
+
+    def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None) -> jax.Array:
+        """The final-normed hidden states `[B, T, hidden]`; the chunked loss applies `logits` piecewise."""
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens)
+        x = self.embedder(tokens)
+        x = self._run_blocks(x, positions, segment_ids)
+        return self.final_norm(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        return self.lm_head(hidden).astype(jnp.float32)
+
+    def _run_blocks(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        def apply_block(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
+            return nnx.merge(graphdef, state)(x, positions, segment_ids)
+
+        if self.config.remat_policy != "none":
+            apply_block = jax.checkpoint(apply_block, policy=remat_policy(self.config.remat_policy),
+                                         prevent_cse=not self.config.scan_layers, static_argnums=(0,))
+        if self.config.scan_layers:
+            graphdef, stacked = nnx.split(self.layers)
+            x, _ = jax.lax.scan(lambda carry, state: (apply_block(graphdef, state, carry), None), x, stacked)
+            return x
+        for block in self.layers:
+            x = apply_block(*nnx.split(block), x)
+        return x
+
+
+def _stacked_blocks(config: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """`num_layers` independently initialised Blocks whose parameters carry a leading `layers` axis."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(config, rngs=rngs)
+
+    blocks = make(rngs)
+    for _, variable in nnx.iter_graph(blocks):
+        if isinstance(variable, nnx.Variable) and "logical_axes" in variable.get_metadata():
+            variable.set_metadata(logical_axes=("layers", *variable.get_metadata()["logical_axes"]))
+    return blocks

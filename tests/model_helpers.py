@@ -1,0 +1,54 @@
+"""Shared by the model tests: a tiny random-weight transformers Mistral and the same weights in our model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+from flax import nnx
+
+from devstral_jax.config import ModelConfig, preset, to_hf_config
+from devstral_jax.hf import param_map
+from devstral_jax.model import Transformer
+
+# Devstral's shape in miniature: GQA (4 query heads share 2 KV heads), q/o width 4*24 = 96 != hidden 64,
+# theta 1e9, no sliding window.
+TINY = preset("tiny", vocab_size=256, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=24, dtype="float32")
+
+
+def hf_model(config: ModelConfig, seed: int = 0) -> transformers.MistralForCausalLM:
+    """A float32 `MistralForCausalLM` with random weights large enough to make the logits informative."""
+    torch.manual_seed(seed)
+    hf_config = transformers.MistralConfig(**to_hf_config(config, torch_dtype="float32"))
+    model = transformers.MistralForCausalLM._from_config(hf_config, attn_implementation="eager",
+                                                         torch_dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.15)
+    return model.eval()
+
+
+def ours_from_hf(config: ModelConfig, hf: transformers.MistralForCausalLM) -> Transformer:
+    tensors = {name: t.detach().numpy() for name, t in hf.state_dict().items()}
+    model = Transformer(config, rngs=nnx.Rngs(1))
+    param_map.load_state_dict(model, tensors.__getitem__)
+    return model
+
+
+def hf_logits(hf: transformers.MistralForCausalLM, tokens: np.ndarray, attention_mask: np.ndarray | None = None,
+              position_ids: np.ndarray | None = None) -> np.ndarray:
+    kw = {}
+    if attention_mask is not None:
+        kw["attention_mask"] = torch.from_numpy(attention_mask)
+    if position_ids is not None:
+        kw["position_ids"] = torch.from_numpy(position_ids)
+    with torch.no_grad():
+        return hf(torch.from_numpy(tokens), **kw).logits.numpy()
+
+
+def max_relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
+    """max |ours - reference| / max |reference|: the worst element, scaled by the logits' range."""
+    return float(np.max(np.abs(np.asarray(ours) - reference)) / np.max(np.abs(reference)))
