@@ -10,6 +10,8 @@ from typing import Any, Mapping
 import ml_collections
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "offload")
+STORAGES = ("dense", "nf4", "int8")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -42,6 +44,14 @@ class ModelConfig:
     scan_layers: bool = True  # one compiled layer body, scanned: compile time flat in depth
     remat_policy: str = "full"  # what a layer saves for the backward pass; see REMAT_POLICIES
     attention_impl: str = "xla"  # see devstral_jax/model/attention_kernels.py
+    # Frozen-base storage per module group (QLoRA: "nf4"); embeddings, norms and lm_head stay dense.
+    attn_storage: str = "dense"  # q/k/v/o kernels: dense | nf4 | int8
+    mlp_storage: str = "dense"  # gate/up/down kernels: dense | nf4 | int8
+    # LoRA adapters (devstral_jax/lora.py); rank 0 means none.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
@@ -65,6 +75,18 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {DTYPES}.")
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}.")
+        for name in ("attn_storage", "mlp_storage"):
+            if getattr(self, name) not in STORAGES:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {STORAGES}.")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # ml_collections may hand a list
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if unknown:
+            raise ConfigError(f"Unknown LoRA target module(s) {unknown} in lora_targets; choose from "
+                              f"{list(LORA_TARGETS)}.")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be a non-negative integer (0 = no adapters), got {self.lora_rank!r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
 
     def replace(self, **changes: Any) -> ModelConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -63,39 +63,57 @@ def param_names(config: ModelConfig) -> list[ParamName]:
             global_param("lm_head.weight")]
 
 
-def get_variable(model: Transformer, name: ParamName) -> nnx.Variable:
-    """The model variable holding `name` (stacked over layers when the model scans them)."""
+def _owner(model: Transformer, name: ParamName) -> tuple[nnx.Module, str]:
+    """The module holding `name` and its attribute there (layer-indexed when layers are not scanned)."""
     node = model
-    prefix = ("layers",) if name.layer is not None else ()
-    layer_index = (name.layer,) if name.layer is not None and not model.config.scan_layers else ()
-    for key in (*prefix, *layer_index, *name.path):
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
+    if name.layer is not None:
+        node = model.layers if model.config.scan_layers else model.layers[name.layer]
+    for key in name.path[:-1]:
+        node = getattr(node, key)
+    return node, name.path[-1]
+
+
+def get_variable(model: Transformer, name: ParamName) -> nnx.Variable | nnx.Module:
+    """What holds `name`: a Variable, or a quantized kernel module (stacked over layers when scanned)."""
+    return getattr(*_owner(model, name))
+
+
+def _is_stacked(model: Transformer, name: ParamName) -> bool:
+    return name.layer is not None and model.config.scan_layers
 
 
 def load_state_dict(model: Transformer, get_tensor: Callable[[str], np.ndarray]) -> None:
-    """Sets every parameter of `model` from HF tensors (`get_tensor(hf_name)`), in place, checking shapes."""
+    """Sets every parameter of `model` from HF tensors (`get_tensor(hf_name)`), in place, checking shapes.
+
+    Kernels the config stores quantized are quantized from the HF values.
+    """
     stacked: dict[tuple[str, ...], list[np.ndarray]] = {}
     for name in param_names(model.config):
-        variable = get_variable(model, name)
+        owner, attr = _owner(model, name)
+        target = getattr(owner, attr)
+        shape = target.shape if isinstance(target, nnx.Variable) else target.quantized().shape
+        our_shape = shape[1:] if _is_stacked(model, name) else shape
         tensor = np.asarray(get_tensor(name.hf_name))
-        our_shape = variable.shape[1:] if name.layer is not None and model.config.scan_layers else variable.shape
         if tensor.shape != name.hf_shape(our_shape):
             raise ValueError(f"Tensor {name.hf_name} has shape {tensor.shape}; the model config expects "
                              f"{name.hf_shape(our_shape)}.")
         value = tensor.T if name.transpose else tensor
-        if name.layer is not None and model.config.scan_layers:
+        if _is_stacked(model, name):
             stacked.setdefault(name.path, []).append(value)
             if len(stacked[name.path]) < model.config.num_layers:
                 continue
             value = np.stack(stacked.pop(name.path))
-        variable.set_value(jnp.asarray(value, dtype=variable[...].dtype))
+        if isinstance(target, nnx.Variable):
+            target.set_value(jnp.asarray(value, dtype=target[...].dtype))
+        else:
+            setattr(owner, attr, type(target)(jnp.asarray(value, jnp.float32), target.axes))
 
 
 def state_dict(model: Transformer) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields `(hf_name, array)` for every parameter, in HF layout and our parameter dtype."""
+    """Yields `(hf_name, array)` for every parameter in HF layout; quantized kernels come dequantized (float32)."""
     for name in param_names(model.config):
-        value = np.asarray(get_variable(model, name)[...])
-        if name.layer is not None and model.config.scan_layers:
+        target = get_variable(model, name)
+        value = np.asarray(target[...] if isinstance(target, nnx.Variable) else target.dequantize(jnp.float32))
+        if _is_stacked(model, name):
             value = value[name.layer]
         yield name.hf_name, value.T if name.transpose else value

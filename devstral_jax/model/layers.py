@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from devstral_jax import lora
+from devstral_jax.config import ModelConfig
 from devstral_jax.model.linear import KERNEL_INIT, Linear
 
 
@@ -37,11 +39,15 @@ class RMSNorm(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, features: int, hidden: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.gate_proj = Linear(features, hidden, axes=("embed", "mlp"), **kw)
-        self.up_proj = Linear(features, hidden, axes=("embed", "mlp"), **kw)
-        self.down_proj = Linear(hidden, features, axes=("mlp", "embed"), **kw)
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        features, hidden = config.hidden_size, config.intermediate_size
+        kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype), rngs=rngs,
+                  storage=config.mlp_storage)
+        self.gate_proj = Linear(features, hidden, axes=("embed", "mlp"), lora=lora.spec(config, "gate_proj"), **kw)
+        self.up_proj = Linear(features, hidden, axes=("embed", "mlp"), lora=lora.spec(config, "up_proj"), **kw)
+        self.down_proj = Linear(hidden, features, axes=("mlp", "embed"), lora=lora.spec(config, "down_proj"), **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
+        gate = self.gate_proj(x, lora.fold_rng(dropout_rng, 4))
+        up = self.up_proj(x, lora.fold_rng(dropout_rng, 5))
+        return self.down_proj(jax.nn.silu(gate) * up, lora.fold_rng(dropout_rng, 6))

@@ -22,12 +22,12 @@ class Block(nnx.Module):
         self.input_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
         self.attn = Attention(config, rngs=rngs)
         self.post_attn_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
-        self.mlp = MLP(config.hidden_size, config.intermediate_size, dtype=jnp.dtype(config.dtype),
-                       param_dtype=param_dtype, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        x = x + self.attn(self.input_norm(x), positions, segment_ids)
-        return x + self.mlp(self.post_attn_norm(x))
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
+        x = x + self.attn(self.input_norm(x), positions, segment_ids, dropout_rng)
+        return x + self.mlp(self.post_attn_norm(x), dropout_rng)
 
 
 def remat_policy(name: str) -> Callable | None:
@@ -59,37 +59,42 @@ class Transformer(nnx.Module):
         self.lm_head = Linear(config.hidden_size, config.vocab_size, axes=("embed", "vocab"), dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
-        return self.logits(self.hidden_states(tokens, positions, segment_ids))
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 *, dropout_rng: jax.Array | None = None) -> jax.Array:
+        return self.logits(self.hidden_states(tokens, positions, segment_ids, dropout_rng=dropout_rng))
 
     def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None,
-                      segment_ids: jax.Array | None = None) -> jax.Array:
-        """The final-normed hidden states `[B, T, hidden]`; the chunked loss applies `logits` piecewise."""
+                      segment_ids: jax.Array | None = None, *, dropout_rng: jax.Array | None = None) -> jax.Array:
+        """The final-normed hidden states `[B, T, hidden]`; the chunked loss applies `logits` piecewise.
+
+        `dropout_rng` switches LoRA dropout on (training); None means no dropout.
+        """
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
         x = self.embedder(tokens)
-        x = self._run_blocks(x, positions, segment_ids)
+        x = self._run_blocks(x, positions, segment_ids, dropout_rng)
         return self.final_norm(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         return self.lm_head(hidden).astype(jnp.float32)
 
-    def _run_blocks(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        def apply_block(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> jax.Array:
-            return nnx.merge(graphdef, state)(x, positions, segment_ids)
+    def _run_blocks(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                    dropout_rng: jax.Array | None) -> jax.Array:
+        def apply_block(graphdef: nnx.GraphDef, state: nnx.State, rng: jax.Array | None, x: jax.Array) -> jax.Array:
+            return nnx.merge(graphdef, state)(x, positions, segment_ids, rng)
 
         if self.config.remat_policy != "none":
             apply_block = jax.checkpoint(apply_block, policy=remat_policy(self.config.remat_policy),
                                          prevent_cse=not self.config.scan_layers, static_argnums=(0,))
+        rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.config.num_layers)
         if self.config.scan_layers:
             graphdef, stacked = nnx.split(self.layers)
-            x, _ = jax.lax.scan(lambda carry, state: (apply_block(graphdef, state, carry), None), x, stacked)
+            x, _ = jax.lax.scan(lambda h, layer: (apply_block(graphdef, *layer, h), None), x, (stacked, rngs))
             return x
-        for block in self.layers:
-            x = apply_block(*nnx.split(block), x)
+        for i, block in enumerate(self.layers):
+            x = apply_block(*nnx.split(block), None if rngs is None else rngs[i], x)
         return x
 
 
