@@ -87,7 +87,9 @@ def _check_shape(shape: tuple[int, ...]) -> None:
 def _nearest_code(scaled: jax.Array, codebook: np.ndarray) -> jax.Array:
     """Index of the nearest codebook value; a value exactly between two codes takes the lower (torch.bucketize)."""
     midpoints = (codebook[:-1] + codebook[1:]) / np.float32(2.0)
-    return jnp.searchsorted(jnp.asarray(midpoints), scaled, side="left").astype(jnp.uint8)
+    # Counting the midpoints below each value is searchsorted(side="left"), as fused compares: far faster than a
+    # binary search on every backend for 15 (NF4) midpoints; the 255 of the scales' map touch 1/64 as many values.
+    return jnp.sum(scaled[..., None] > jnp.asarray(midpoints), axis=-1, dtype=jnp.uint8)
 
 
 def _absmax_normalise(blocks: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
