@@ -28,8 +28,15 @@ elixir:
 test: $(VENV)/.installed-test elixir
 	$(PY) -m pytest -q tests
 
+# The main job on the embedded default: QLoRA-train the tiny model on the sample Elixir corpus, stop halfway,
+# resume from the checkpoint to the end, then sample from the trained model.
+DEMO := workdir/demo
 demo: $(VENV)/.installed elixir
-	$(PY) launch/generate.py --config=configs/tiny_cpu.py
+	rm -rf $(DEMO)
+	$(PY) launch/train.py --config=configs/tiny_cpu.py --workdir=$(DEMO) --config.train.stop_at=75
+	$(PY) launch/train.py --config=configs/tiny_cpu.py --workdir=$(DEMO)
+	$(PY) launch/generate.py --config=configs/tiny_cpu.py --workdir=$(DEMO)
+	@echo "demo outputs: $(DEMO)/checkpoints, $(DEMO)/metrics.jsonl, $(DEMO)/tensorboard, $(DEMO)/loss.png"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -19,6 +19,8 @@ RUNTIME = [
     "tqdm>=4.66",
     "array-record>=0.8",
     "datasketch>=1.6",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.8",
 ]
 
 EXTRAS = {
@@ -35,7 +37,7 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["devstral_jax", "devstral_jax.*", "data_pipeline", "data_pipeline.*"]),
-    package_data={"data_pipeline": ["elixir/*.exs"]},
+    package_data={"data_pipeline": ["elixir/*.exs"], "devstral_jax": ["data/sample/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )

@@ -38,6 +38,7 @@ class ModelConfig:
     rope_theta: float = 1e9
     max_position_embeddings: int = 131072
     sliding_window: int | None = None
+    initializer_range: float = 0.02  # std of the normal init of kernels and embeddings (random bases only)
     # Execution settings.
     dtype: str = "bfloat16"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of (unquantized) parameters
@@ -166,14 +167,16 @@ _HF_FIELDS = {
     "rms_norm_eps": "rms_norm_eps",
     "max_position_embeddings": "max_position_embeddings",
     "sliding_window": "sliding_window",
+    "initializer_range": "initializer_range",
 }
 _HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # transformers' MistralConfig defaults for keys a config.json may leave out.
-_HF_DEFAULTS = {"rms_norm_eps": 1e-6, "max_position_embeddings": 4096 * 32, "sliding_window": 4096}
+_HF_DEFAULTS = {"rms_norm_eps": 1e-6, "max_position_embeddings": 4096 * 32, "sliding_window": 4096,
+                "initializer_range": 0.02}
 # Keys that carry no architecture we model (bookkeeping, generation defaults, serving hints).
 _HF_IGNORED = {
     "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
-    "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "hidden_act",
+    "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "hidden_act",
     "tie_word_embeddings", "rope_theta", "rope_parameters", "rope_scaling", "output_attentions",
     "output_hidden_states", "return_dict", "max_window_layers", "use_sliding_window", "_name_or_path",
     "quantization_config", "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "problem_type",
@@ -262,7 +265,7 @@ def to_hf_config(config: ModelConfig, torch_dtype: str = "bfloat16") -> dict[str
         "sliding_window": config.sliding_window,
         "tie_word_embeddings": False,
         "attention_dropout": 0.0,
-        "initializer_range": 0.02,
+        "initializer_range": config.initializer_range,
         "bos_token_id": 1,
         "eos_token_id": 2,
         "use_cache": True,

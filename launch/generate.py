@@ -1,9 +1,9 @@
 """Greedy generation from a Devstral-architecture model, decoded with the real Tekken tokenizer.
 
-    python launch/generate.py --config=configs/tiny_cpu.py [--config.generate.prompt='...']
+    python launch/generate.py --config=configs/tiny_cpu.py [--workdir=DIR] [--config.generate.prompt='...']
 
-The tiny preset has random weights, so its text is noise: this checks the whole path
-(config -> model -> jitted forward -> tokenizer) end to end on any machine.
+With --workdir, the model of that training run (its base + trained adapters); without, the config's
+model with random weights (noise, but the whole path config -> model -> jit -> tokenizer runs).
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
+from devstral_jax.checkpoint import CheckpointError
 from devstral_jax.cli import run
 from devstral_jax.config import ConfigError, from_config_dict
 from devstral_jax.model import Transformer
 from devstral_jax.tokenizer import load_tekken
+from devstral_jax.train.trainer import TrainingError, restore_trained_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/tiny_cpu.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir to sample from (default: random weights).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -54,11 +57,18 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"config.model.vocab_size={model_config.vocab_size} is smaller than Tekken's "
                              f"{tokenizer.n_words} tokens.")
 
-    model = Transformer(model_config, rngs=nnx.Rngs(config.seed))
+    if _WORKDIR.value:
+        try:
+            model, model_config, meta = restore_trained_model(_WORKDIR.value)
+        except (CheckpointError, TrainingError) as e:
+            raise app.UsageError(str(e)) from None
+        weights = f"trained adapters from {_WORKDIR.value}"
+    else:
+        model, weights = Transformer(model_config, rngs=nnx.Rngs(config.seed)), "random weights"
     prompt = tokenizer.encode(config.generate.prompt, bos=True, eos=False)
     print(f"model: {model_config.num_params:,} parameters ({model_config.num_layers} layers, hidden "
           f"{model_config.hidden_size}, {model_config.num_heads}/{model_config.num_kv_heads} heads), "
-          f"random weights, on {jax.devices()[0].platform}")
+          f"{weights}, on {jax.devices()[0].platform}")
     print(f"prompt: {len(prompt)} Tekken tokens")
     start = time.perf_counter()
     new_tokens = greedy_generate(model, prompt, config.generate.max_new_tokens)

@@ -2,8 +2,9 @@
 
 HF's `nn.Linear` stores `[out, in]`; our kernels are `[in, out]`, so projections and lm_head are
 transposed on the way in and out. With scanned layers, layer i of HF is row i of our stacked array.
-Import (streamed, quantizing) and export build on `param_names`; the whole-dict helpers below serve
-small models and tests.
+Each tensor also has its name in Mistral's consolidated format (same `[out, in]` layout; q/k rows in
+RoPE's interleaved order, see hf/consolidated.py). Import (streamed, quantizing) and export build on
+`param_names`; the whole-dict helpers below serve small models and tests.
 """
 
 from __future__ import annotations
@@ -11,29 +12,33 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterator
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from devstral_jax.config import ModelConfig
 from devstral_jax.model import Transformer
+from devstral_jax.model.linear import Linear
+from devstral_jax.quant import int8, nf4
 
-# HF suffix within `model.layers.{i}.` -> our path within a Block, and whether it is transposed.
+# HF suffix within `model.layers.{i}.` -> our path within a Block, whether it is transposed, and the
+# consolidated suffix within `layers.{i}.`.
 _LAYER_PARAMS = {
-    "self_attn.q_proj.weight": (("attn", "q_proj", "kernel"), True),
-    "self_attn.k_proj.weight": (("attn", "k_proj", "kernel"), True),
-    "self_attn.v_proj.weight": (("attn", "v_proj", "kernel"), True),
-    "self_attn.o_proj.weight": (("attn", "o_proj", "kernel"), True),
-    "mlp.gate_proj.weight": (("mlp", "gate_proj", "kernel"), True),
-    "mlp.up_proj.weight": (("mlp", "up_proj", "kernel"), True),
-    "mlp.down_proj.weight": (("mlp", "down_proj", "kernel"), True),
-    "input_layernorm.weight": (("input_norm", "scale"), False),
-    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), False),
+    "self_attn.q_proj.weight": (("attn", "q_proj", "kernel"), True, "attention.wq.weight"),
+    "self_attn.k_proj.weight": (("attn", "k_proj", "kernel"), True, "attention.wk.weight"),
+    "self_attn.v_proj.weight": (("attn", "v_proj", "kernel"), True, "attention.wv.weight"),
+    "self_attn.o_proj.weight": (("attn", "o_proj", "kernel"), True, "attention.wo.weight"),
+    "mlp.gate_proj.weight": (("mlp", "gate_proj", "kernel"), True, "feed_forward.w1.weight"),
+    "mlp.up_proj.weight": (("mlp", "up_proj", "kernel"), True, "feed_forward.w3.weight"),
+    "mlp.down_proj.weight": (("mlp", "down_proj", "kernel"), True, "feed_forward.w2.weight"),
+    "input_layernorm.weight": (("input_norm", "scale"), False, "attention_norm.weight"),
+    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), False, "ffn_norm.weight"),
 }
 _GLOBAL_PARAMS = {
-    "model.embed_tokens.weight": (("embedder", "embedding"), False),
-    "model.norm.weight": (("final_norm", "scale"), False),
-    "lm_head.weight": (("lm_head", "kernel"), True),
+    "model.embed_tokens.weight": (("embedder", "embedding"), False, "tok_embeddings.weight"),
+    "model.norm.weight": (("final_norm", "scale"), False, "norm.weight"),
+    "lm_head.weight": (("lm_head", "kernel"), True, "output.weight"),
 }
 
 
@@ -45,25 +50,47 @@ class ParamName:
     path: tuple[str, ...]  # our path, without the layer index
     layer: int | None  # None for embedding, final norm and lm_head
     transpose: bool  # HF [out, in] <-> ours [in, out]
+    consolidated_name: str  # the same tensor in Mistral's consolidated.safetensors
 
     def hf_shape(self, our_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(reversed(our_shape)) if self.transpose else tuple(our_shape)
+
+    @property
+    def module(self) -> str:
+        """The HF module that owns this weight, e.g. `model.layers.3.self_attn.q_proj` (PEFT keys on it)."""
+        return self.hf_name.removesuffix(".weight")
+
+    @property
+    def lora_target(self) -> str | None:
+        """`q_proj` .. `down_proj` for the projections LoRA can adapt, else None."""
+        return self.path[-2] if self.layer is not None and self.path[-1] == "kernel" else None
 
 
 def param_names(config: ModelConfig) -> list[ParamName]:
     """Every tensor of a `MistralForCausalLM` checkpoint for `config`, in HF's order."""
 
     def global_param(hf_name: str) -> ParamName:
-        path, transpose = _GLOBAL_PARAMS[hf_name]
-        return ParamName(hf_name, path, None, transpose)
+        path, transpose, consolidated = _GLOBAL_PARAMS[hf_name]
+        return ParamName(hf_name, path, None, transpose, consolidated)
 
-    layers = [ParamName(f"model.layers.{i}.{suffix}", path, i, transpose)
-              for i in range(config.num_layers) for suffix, (path, transpose) in _LAYER_PARAMS.items()]
+    layers = [ParamName(f"model.layers.{i}.{suffix}", path, i, transpose, f"layers.{i}.{consolidated}")
+              for i in range(config.num_layers) for suffix, (path, transpose, consolidated) in _LAYER_PARAMS.items()]
     return [global_param("model.embed_tokens.weight"), *layers, global_param("model.norm.weight"),
             global_param("lm_head.weight")]
 
 
-def _owner(model: Transformer, name: ParamName) -> tuple[nnx.Module, str]:
+def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every HF tensor for `config`, read off the abstract (never allocated) dense model."""
+    dense = config.replace(attn_storage="dense", mlp_storage="dense", lora_rank=0)
+    abstract = nnx.eval_shape(lambda: Transformer(dense, rngs=nnx.Rngs(0)))
+    shapes = {}
+    for name in param_names(config):
+        shape = get_variable(abstract, name).shape
+        shapes[name.hf_name] = name.hf_shape(shape[1:] if is_stacked(abstract, name) else shape)
+    return shapes
+
+
+def owner(model: Transformer, name: ParamName) -> tuple[nnx.Module, str]:
     """The module holding `name` and its attribute there (layer-indexed when layers are not scanned)."""
     node = model
     if name.layer is not None:
@@ -75,10 +102,10 @@ def _owner(model: Transformer, name: ParamName) -> tuple[nnx.Module, str]:
 
 def get_variable(model: Transformer, name: ParamName) -> nnx.Variable | nnx.Module:
     """What holds `name`: a Variable, or a quantized kernel module (stacked over layers when scanned)."""
-    return getattr(*_owner(model, name))
+    return getattr(*owner(model, name))
 
 
-def _is_stacked(model: Transformer, name: ParamName) -> bool:
+def is_stacked(model: Transformer, name: ParamName) -> bool:
     return name.layer is not None and model.config.scan_layers
 
 
@@ -89,16 +116,16 @@ def load_state_dict(model: Transformer, get_tensor: Callable[[str], np.ndarray])
     """
     stacked: dict[tuple[str, ...], list[np.ndarray]] = {}
     for name in param_names(model.config):
-        owner, attr = _owner(model, name)
-        target = getattr(owner, attr)
+        module, attr = owner(model, name)
+        target = getattr(module, attr)
         shape = target.shape if isinstance(target, nnx.Variable) else target.quantized().shape
-        our_shape = shape[1:] if _is_stacked(model, name) else shape
+        our_shape = shape[1:] if is_stacked(model, name) else shape
         tensor = np.asarray(get_tensor(name.hf_name))
         if tensor.shape != name.hf_shape(our_shape):
             raise ValueError(f"Tensor {name.hf_name} has shape {tensor.shape}; the model config expects "
                              f"{name.hf_shape(our_shape)}.")
         value = tensor.T if name.transpose else tensor
-        if _is_stacked(model, name):
+        if is_stacked(model, name):
             stacked.setdefault(name.path, []).append(value)
             if len(stacked[name.path]) < model.config.num_layers:
                 continue
@@ -106,14 +133,34 @@ def load_state_dict(model: Transformer, get_tensor: Callable[[str], np.ndarray])
         if isinstance(target, nnx.Variable):
             target.set_value(jnp.asarray(value, dtype=target[...].dtype))
         else:
-            setattr(owner, attr, type(target)(jnp.asarray(value, jnp.float32), target.axes))
+            setattr(module, attr, type(target)(jnp.asarray(value, jnp.float32), target.axes))
 
 
-def state_dict(model: Transformer) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields `(hf_name, array)` for every parameter in HF layout; quantized kernels come dequantized (float32)."""
+def state_dict(model: Transformer, merge_lora: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields `(hf_name, array)` for every parameter in HF layout, one layer at a time (so a big model never
+    leaves the device whole); quantized kernels come dequantized (float32). With `merge_lora`, adapters not
+    yet merged are folded in as W + scale A B (float32), leaving the model unchanged."""
     for name in param_names(model.config):
-        target = get_variable(model, name)
-        value = np.asarray(target[...] if isinstance(target, nnx.Variable) else target.dequantize(jnp.float32))
-        if _is_stacked(model, name):
-            value = value[name.layer]
+        module, attr = owner(model, name)
+        layer = name.layer if is_stacked(model, name) else None
+        value = _weight(getattr(module, attr), layer)
+        if merge_lora and isinstance(module, Linear) and module.lora is not None and not module.lora_merged:
+            a, b = module.lora.a[...], module.lora.b[...]
+            if layer is not None:
+                a, b = a[layer], b[layer]
+            value = value.astype(jnp.float32) + jnp.matmul(a, b) * module.lora.scale
+        value = np.asarray(value)
         yield name.hf_name, value.T if name.transpose else value
+
+
+_DEQUANTIZE = {nf4.NF4Array: nf4.dequantize, int8.Int8Array: int8.dequantize}
+
+
+def _weight(target: nnx.Variable | nnx.Module, layer: int | None) -> jax.Array:
+    """A Variable's value, or a quantized kernel dequantized to float32; only row `layer` of a stacked one."""
+    if isinstance(target, nnx.Variable):
+        return target[...] if layer is None else target[...][layer]
+    quantized = target.quantized()
+    if layer is not None:
+        quantized = jax.tree.map(lambda x: x[layer], quantized)
+    return _DEQUANTIZE[type(quantized)](quantized, jnp.float32)

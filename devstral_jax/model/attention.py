@@ -9,6 +9,7 @@ from flax import nnx
 from devstral_jax import lora
 from devstral_jax.config import ModelConfig
 from devstral_jax.model.attention_kernels import get_kernel
+from devstral_jax.model.kv_cache import LayerCache
 from devstral_jax.model.linear import Linear
 from devstral_jax.model.rope import apply_rope
 
@@ -16,7 +17,7 @@ from devstral_jax.model.rope import apply_rope
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype), rngs=rngs,
-                  storage=config.attn_storage)
+                  init_std=config.initializer_range, storage=config.attn_storage)
         q_features, kv_features = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
         self.q_proj = Linear(config.hidden_size, q_features, axes=("embed", "heads"),
                              lora=lora.spec(config, "q_proj"), **kw)
@@ -33,13 +34,27 @@ class Attention(nnx.Module):
         self.attention_impl = config.attention_impl
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 dropout_rng: jax.Array | None = None) -> jax.Array:
+                 dropout_rng: jax.Array | None = None, cache: LayerCache | None = None
+                 ) -> jax.Array | tuple[jax.Array, LayerCache]:
+        """Self-attention over `x`; with a `cache`, over the cached tokens too, returning the updated cache.
+
+        The new tokens' keys and values are written at `cache.index`; `cache.positions` and
+        `cache.segment_ids` must already describe them (see `kv_cache.write_slots`).
+        """
         batch, seq, _ = x.shape
         q = self.q_proj(x, lora.fold_rng(dropout_rng, 0)).reshape(batch, seq, -1, self.head_dim)
         k = self.k_proj(x, lora.fold_rng(dropout_rng, 1)).reshape(batch, seq, -1, self.head_dim)
         v = self.v_proj(x, lora.fold_rng(dropout_rng, 2)).reshape(batch, seq, -1, self.head_dim)
         q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
+        kv_positions, kv_segment_ids = positions, segment_ids
+        if cache is not None:
+            start = (0, cache.index, 0, 0)
+            cache = cache._replace(keys=jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), start),
+                                   values=jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), start))
+            k, v = cache.keys.astype(q.dtype), cache.values.astype(q.dtype)
+            kv_positions, kv_segment_ids = cache.positions, cache.segment_ids
         out = get_kernel(self.attention_impl)(
-            q, k, v, q_positions=positions, kv_positions=positions, q_segment_ids=segment_ids,
-            kv_segment_ids=segment_ids, sliding_window=self.sliding_window)
-        return self.o_proj(out.reshape(batch, seq, -1), lora.fold_rng(dropout_rng, 3))
+            q, k, v, q_positions=positions, kv_positions=kv_positions, q_segment_ids=segment_ids,
+            kv_segment_ids=kv_segment_ids, sliding_window=self.sliding_window)
+        out = self.o_proj(out.reshape(batch, seq, -1), lora.fold_rng(dropout_rng, 3))
+        return out if cache is None else (out, cache)

@@ -8,14 +8,15 @@ from flax import nnx
 
 from devstral_jax import lora
 from devstral_jax.config import ModelConfig
-from devstral_jax.model.linear import KERNEL_INIT, Linear
+from devstral_jax.model.linear import Linear
 
 
 class Embed(nnx.Module):
     """Token id -> vector lookup; the table is `[vocab, embed]`, as in Hugging Face."""
 
-    def __init__(self, vocab_size: int, features: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.embedding = nnx.Param(KERNEL_INIT(rngs.params(), (vocab_size, features), param_dtype),
+    def __init__(self, vocab_size: int, features: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs,
+                 init_std: float = 0.02):
+        self.embedding = nnx.Param(init_std * jax.random.normal(rngs.params(), (vocab_size, features), param_dtype),
                                    logical_axes=("vocab", "embed"))
         self.dtype = dtype
 
@@ -42,7 +43,7 @@ class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         features, hidden = config.hidden_size, config.intermediate_size
         kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype), rngs=rngs,
-                  storage=config.mlp_storage)
+                  init_std=config.initializer_range, storage=config.mlp_storage)
         self.gate_proj = Linear(features, hidden, axes=("embed", "mlp"), lora=lora.spec(config, "gate_proj"), **kw)
         self.up_proj = Linear(features, hidden, axes=("embed", "mlp"), lora=lora.spec(config, "up_proj"), **kw)
         self.down_proj = Linear(hidden, features, axes=("mlp", "embed"), lora=lora.spec(config, "down_proj"), **kw)

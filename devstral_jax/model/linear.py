@@ -14,7 +14,6 @@ from devstral_jax.config import STORAGES
 from devstral_jax.lora import LoRA
 from devstral_jax.quant import int8, nf4
 
-KERNEL_INIT = nnx.initializers.normal(stddev=0.02)  # transformers' initializer_range for Mistral
 
 
 class FrozenWeight(nnx.Variable):
@@ -69,10 +68,11 @@ class Linear(nnx.Module):
     """`y = x @ W (+ LoRA)`, no bias. W is a dense `param_dtype` Param or a quantized kernel; math in `dtype`."""
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str, str], dtype: jnp.dtype,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs, storage: str = "dense", lora: dict | None = None):
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs, init_std: float = 0.02, storage: str = "dense",
+                 lora: dict | None = None):
         if storage not in STORAGES:
             raise ValueError(f"Unknown weight storage {storage!r}; choose one of {STORAGES}.")
-        kernel = KERNEL_INIT(rngs.params(), (in_features, out_features), param_dtype)
+        kernel = init_std * jax.random.normal(rngs.params(), (in_features, out_features), param_dtype)
         self.kernel = nnx.Param(kernel, logical_axes=axes) if storage == "dense" else \
             QUANTIZED_KERNELS[storage](kernel, axes)
         self.lora = LoRA(in_features, out_features, axes=axes, rngs=rngs, **lora) if lora else None

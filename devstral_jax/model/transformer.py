@@ -10,6 +10,7 @@ from flax import nnx
 
 from devstral_jax.config import ModelConfig
 from devstral_jax.model.attention import Attention
+from devstral_jax.model.kv_cache import KVCache, LayerCache, write_slots
 from devstral_jax.model.layers import MLP, Embed, RMSNorm
 from devstral_jax.model.linear import Linear
 
@@ -25,9 +26,14 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 dropout_rng: jax.Array | None = None) -> jax.Array:
-        x = x + self.attn(self.input_norm(x), positions, segment_ids, dropout_rng)
-        return x + self.mlp(self.post_attn_norm(x), dropout_rng)
+                 dropout_rng: jax.Array | None = None, cache: LayerCache | None = None
+                 ) -> jax.Array | tuple[jax.Array, LayerCache]:
+        if cache is None:
+            x = x + self.attn(self.input_norm(x), positions, segment_ids, dropout_rng)
+            return x + self.mlp(self.post_attn_norm(x), dropout_rng)
+        attended, cache = self.attn(self.input_norm(x), positions, segment_ids, dropout_rng, cache)
+        x = x + attended
+        return x + self.mlp(self.post_attn_norm(x), dropout_rng), cache
 
 
 def remat_policy(name: str) -> Callable | None:
@@ -50,14 +56,15 @@ class Transformer(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
-        self.embedder = Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.embedder = Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              init_std=config.initializer_range)
         if config.scan_layers:
             self.layers = _stacked_blocks(config, rngs)
         else:
             self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, axes=("embed", "vocab"), dtype=dtype,
-                              param_dtype=param_dtype, rngs=rngs)
+                              param_dtype=param_dtype, rngs=rngs, init_std=config.initializer_range)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  *, dropout_rng: jax.Array | None = None) -> jax.Array:
@@ -76,6 +83,40 @@ class Transformer(nnx.Module):
         x = self.embedder(tokens)
         x = self._run_blocks(x, positions, segment_ids, dropout_rng)
         return self.final_norm(x)
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+               cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Runs `tokens` `[B, T]` that follow the tokens already in `cache` (a whole prompt, then one token per
+        step): their final-normed hidden states `[B, T, hidden]`, and the cache with them appended at
+        `cache.index`. Inference only: no dropout, no remat.
+        """
+        cache = write_slots(cache, positions, segment_ids)
+        batch, seq = tokens.shape
+
+        def apply_block(block: Block, x: jax.Array, keys: jax.Array, values: jax.Array, layer: jax.Array | int):
+            view = LayerCache(keys[layer], values[layer], cache.positions, cache.segment_ids, cache.index)
+            x, view = block(x, positions, segment_ids, None, view)
+            # Write back only the T new slots of this layer, so the big cache is updated in place.
+            new = [jax.lax.dynamic_slice(a, (0, cache.index, 0, 0), (batch, seq, *a.shape[2:]))[None]
+                   for a in (view.keys, view.values)]
+            keys = jax.lax.dynamic_update_slice(keys, new[0], (layer, 0, cache.index, 0, 0))
+            values = jax.lax.dynamic_update_slice(values, new[1], (layer, 0, cache.index, 0, 0))
+            return x, keys, values
+
+        x, keys, values = self.embedder(tokens), cache.keys, cache.values
+        if self.config.scan_layers:
+            graphdef, stacked = nnx.split(self.layers)
+
+            def body(carry, layer_state):
+                x, keys, values, layer = carry
+                x, keys, values = apply_block(nnx.merge(graphdef, layer_state), x, keys, values, layer)
+                return (x, keys, values, layer + 1), None
+
+            (x, keys, values, _), _ = jax.lax.scan(body, (x, keys, values, jnp.int32(0)), stacked)
+        else:
+            for layer, block in enumerate(self.layers):
+                x, keys, values = apply_block(block, x, keys, values, layer)
+        return self.final_norm(x), cache._replace(keys=keys, values=values, index=cache.index + seq)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         return self.lm_head(hidden).astype(jnp.float32)

@@ -1,0 +1,126 @@
+"""Decontamination: drop training records that contain an evaluation problem.
+
+Benchmarks are JSONL files in MultiPL-E's format (`name`, `prompt`, `tests`), e.g. HumanEval or MBPP in
+Elixir. A record is dropped when, after lower-casing, removing comment markers and collapsing white
+space (StarCoder's substring rule), it contains
+  - a problem's docstring (the description in the prompt's leading comments), or
+  - both its signature (the `def` line the completion continues) and its tests' assertions;
+or when it shares a run of `ngram` code tokens with the problem's prompt + tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Iterable
+
+from data_pipeline import PipelineError
+from data_pipeline.dedup import code_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    benchmark: str  # the file it came from
+    name: str
+    docstring: str
+    signature: str
+    assertions: str
+    tokens: tuple[str, ...]  # lower-cased code tokens of prompt + tests
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    benchmark: str
+    problem: str
+    rule: str  # docstring | signature+tests | ngram
+
+
+def normalize(text: str) -> str:
+    """Lower case, comment markers and `iex>` prompts removed, white space collapsed."""
+    lines = (re.sub(r"^\s*(#+|iex>|\.\.\.>)\s?", "", line) for line in text.lower().split("\n"))
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+def load_benchmarks(paths: Iterable[str]) -> list[Problem]:
+    """Problems from JSONL files, or from every *.jsonl under a directory."""
+    problems = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(path.glob("*.jsonl"))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise PipelineError(f"decontam.benchmarks: {path} does not exist (pass benchmark JSONL files or "
+                                f"folders, or --config.decontam.benchmarks='()' to skip decontamination).")
+        for file in files:
+            problems.extend(_read_problems(file))
+    return problems
+
+
+def _read_problems(file: Path) -> list[Problem]:
+    problems = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            name, prompt, tests = entry["name"], entry["prompt"], entry.get("tests", "")
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise PipelineError(f"{file}:{number}: not a MultiPL-E problem (need name, prompt, tests): {error}")
+        problems.append(Problem(
+            benchmark=file.name, name=name, docstring=_docstring(prompt), signature=_signature(prompt),
+            assertions=_assertions(tests), tokens=tuple(t.lower() for t in code_tokens(prompt + "\n" + tests))))
+    return problems
+
+
+def _docstring(prompt: str) -> str:
+    """The description that opens a MultiPL-E Elixir prompt: its comment lines up to the `>>>` examples."""
+    lines = []
+    for line in prompt.split("\n"):
+        comment = line.lstrip()
+        if not comment.startswith("#") or comment.lstrip("# ").startswith(">>>"):
+            if lines:
+                break
+            continue
+        lines.append(line)
+    return normalize("\n".join(lines))
+
+
+def _signature(prompt: str) -> str:
+    heads = [line for line in prompt.split("\n") if re.match(r"\s*defp?\s", line) and "candidate" not in line]
+    return normalize(heads[-1]) if heads else ""
+
+
+def _assertions(tests: str) -> str:
+    return normalize("\n".join(line for line in tests.split("\n") if line.strip().startswith("assert")))
+
+
+class Decontaminator:
+    def __init__(self, problems: list[Problem], ngram: int, min_chars: int):
+        self.problems = problems
+        self.ngram = ngram
+        self.min_chars = min_chars  # shorter docstrings/signatures would match innocent code
+        self._ngrams: dict[tuple[str, ...], Problem] = {}
+        for problem in problems:
+            for i in range(len(problem.tokens) - ngram + 1):
+                self._ngrams.setdefault(problem.tokens[i:i + ngram], problem)
+
+    def find(self, texts: list[str]) -> Hit | None:
+        """The first benchmark problem found in the record made of `texts`, or None."""
+        if not self.problems:
+            return None
+        joined = "\n".join(texts)
+        haystack = normalize(joined)
+        for problem in self.problems:
+            if len(problem.docstring) >= self.min_chars and problem.docstring in haystack:
+                return Hit(problem.benchmark, problem.name, "docstring")
+            if (problem.signature and problem.assertions and problem.signature in haystack
+                    and problem.assertions in haystack):
+                return Hit(problem.benchmark, problem.name, "signature+tests")
+        tokens = [t.lower() for t in code_tokens(joined)]
+        for i in range(len(tokens) - self.ngram + 1):
+            if problem := self._ngrams.get(tuple(tokens[i:i + self.ngram])):
+                return Hit(problem.benchmark, problem.name, "ngram")
+        return None

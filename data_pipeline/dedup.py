@@ -1,0 +1,67 @@
+"""Exact and near deduplication, with BigCode's settings for the near part.
+
+Exact: SHA-256 of the content normalized for layout (line ends, trailing spaces, blank lines).
+Near: MinHash over 5-gram shingles of code tokens (runs of letters, digits and `_`), 256 permutations,
+LSH for a Jaccard similarity of 0.7; a candidate counts as a duplicate only when its estimated
+similarity really reaches the threshold. The first file seen is kept, so the caller's order decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+_CODE_TOKEN = re.compile(r"[A-Za-z0-9_]+")
+
+
+def normalized(text: str) -> str:
+    lines = (line.rstrip() for line in text.replace("\r\n", "\n").split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def exact_key(text: str) -> str:
+    return hashlib.sha256(normalized(text).encode()).hexdigest()
+
+
+def code_tokens(text: str) -> list[str]:
+    return _CODE_TOKEN.findall(text)
+
+
+class NearDuplicates:
+    """Remembers the files kept so far and tells whether a new one nearly duplicates one of them."""
+
+    def __init__(self, threshold: float, num_perm: int, ngram: int, seed: int = 1):
+        self.threshold = threshold
+        self.num_perm = num_perm
+        self.ngram = ngram
+        self.seed = seed
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        reference = MinHash(num_perm=num_perm, seed=seed)
+        self._permutations, self._scheme = reference.permutations, reference.scheme  # shared, not rebuilt per file
+        self._signatures: dict[str, np.ndarray] = {}
+
+    def signature(self, text: str) -> MinHash | None:
+        """The MinHash of the file's token 5-grams; None for files too short to have one."""
+        tokens = code_tokens(text)
+        if len(tokens) < self.ngram:
+            return None
+        shingles = {" ".join(tokens[i:i + self.ngram]).encode() for i in range(len(tokens) - self.ngram + 1)}
+        minhash = MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._permutations,
+                          scheme=self._scheme)
+        minhash.update_batch(sorted(shingles))
+        return minhash
+
+    def duplicate_of(self, key: str, text: str) -> str | None:
+        """The key of a kept file that `text` nearly duplicates; otherwise None, and `text` is kept."""
+        minhash = self.signature(text)
+        if minhash is None:
+            return None
+        for candidate in sorted(self._lsh.query(minhash)):
+            if np.mean(minhash.hashvalues == self._signatures[candidate]) >= self.threshold:
+                return candidate
+        self._lsh.insert(key, minhash)
+        self._signatures[key] = minhash.hashvalues
+        return None

@@ -1,0 +1,108 @@
+"""Parsing Elixir with the real Elixir: the Python face of `elixir/parser.exs`, served by an ElixirPool.
+
+One pool of long-lived workers parses every file of a run, so thousands of files cost one VM start per
+worker. The worker answers with modules, functions, docs, specs and doctests (see parser.exs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from devstral_jax.elixir_worker import ElixirPool
+
+PARSER_SCRIPT = Path(__file__).parent / "elixir" / "parser.exs"
+_PUBLIC_KINDS = ("def", "defmacro", "defguard", "defdelegate")
+
+
+class SourceSyntaxError(Exception):
+    """The file is not valid Elixir (or not UTF-8): it is reported and counted, not fatal."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DoctestStep:
+    expr: str
+    expected: str | None  # None: a setup step whose value is not checked
+    valid: bool  # both sides read as Elixir (an exception or #Opaque<...> value is expected as text)
+    calls: tuple[tuple[str, int], ...]  # calls without a module that Kernel does not provide
+
+
+Doctest = tuple[DoctestStep, ...]  # steps that run together (an `iex>` block without blank lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Function:
+    name: str
+    arity: int
+    kind: str  # def | defp | defmacro | defmacrop | defguard | defguardp | defdelegate
+    line: int
+    end_line: int
+    signature: str
+    doc: str | bool | None  # False for `@doc false`
+    spec_spans: tuple[tuple[int, int], ...]
+    impl: str | bool | None
+    has_body: bool
+    doctests: tuple[Doctest, ...]
+
+    @property
+    def public(self) -> bool:
+        return self.kind in _PUBLIC_KINDS and self.doc is not False
+
+
+@dataclasses.dataclass(frozen=True)
+class Module:
+    name: str
+    kind: str  # defmodule | defprotocol | defimpl
+    line: int
+    end_line: int
+    moduledoc: str | bool | None
+    moduledoc_span: tuple[int, int] | None
+    behaviours: tuple[str, ...]
+    uses: tuple[str, ...]
+    functions: tuple[Function, ...]
+    doctests: tuple[Doctest, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedFile:
+    modules: tuple[Module, ...]
+
+
+def parser_pool(size: int, timeout_s: float = 60.0) -> ElixirPool:
+    # Every identifier becomes an atom in the worker; recycling it bounds the atom table.
+    return ElixirPool(PARSER_SCRIPT, size, timeout=timeout_s, retries=1, max_requests=2000)
+
+
+def parse_source(pool: ElixirPool, path: str, source: bytes | str) -> ParsedFile:
+    """Parses one file; raises SourceSyntaxError when it does not parse."""
+    reply = pool.call({"op": "parse", "path": path, "source": source})
+    if not reply["ok"]:
+        raise SourceSyntaxError(reply["error"])
+    return ParsedFile(tuple(_module(m) for m in reply["modules"]))
+
+
+def read_erlang_terms(pool: ElixirPool, text: str) -> list[Any]:
+    """Reads a file of literal Erlang terms (`{a, <<"b">>}.` ...) with Erlang's own scanner and parser."""
+    reply = pool.call({"op": "consult", "text": text})
+    if not reply["ok"]:
+        raise ValueError(f"not valid Erlang terms: {reply['error']}")
+    return reply["terms"]
+
+
+def _doctests(groups: list[list[dict[str, Any]]]) -> tuple[Doctest, ...]:
+    return tuple(tuple(DoctestStep(step["expr"], step["expected"], step["valid"],
+                                   tuple((name, arity) for name, arity in step["calls"])) for step in group)
+                 for group in groups)
+
+
+def _module(m: dict[str, Any]) -> Module:
+    functions = tuple(
+        Function(name=f["name"], arity=f["arity"], kind=f["kind"], line=f["line"], end_line=f["end_line"],
+                 signature=f["signature"], doc=f["doc"], spec_spans=tuple(tuple(s) for s in f["specs"]),
+                 impl=f["impl"], has_body=f["has_body"], doctests=_doctests(f["doctests"]))
+        for f in m["functions"])
+    return Module(name=m["name"], kind=m["kind"], line=m["line"], end_line=m["end_line"], moduledoc=m["moduledoc"],
+                  moduledoc_span=tuple(m["moduledoc_span"]) if m["moduledoc_span"] else None,
+                  behaviours=tuple(m["behaviours"]), uses=tuple(m["uses"]), functions=functions,
+                  doctests=_doctests(m["doctests"]))

@@ -1,0 +1,261 @@
+"""The corpus builder, end to end, in two stages.
+
+collect   every source lists units (packages, repositories, file batches, OTP apps); units run concurrently
+          (asyncio for the network, the Elixir pool for parsing): licence check, fetch, decode, filter,
+          parse, records and token counts. Each finished unit is checkpointed atomically, so a killed run
+          resumes where it stopped; a unit that failed for a transient reason is retried by the next run.
+assemble  all checkpoints, in unit-id order: exact and near file dedup, exact record dedup, decontamination,
+          split by package, shards + JSONL mirror, manifest.json and report.md. It is cheap and
+          deterministic, so it is simply redone from the checkpoints on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import functools
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from tqdm import tqdm
+
+from devstral_jax.data.records import Record, Source
+from devstral_jax.elixir_worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
+from devstral_jax.tokenizer import load_tekken
+
+from data_pipeline import manifest as manifest_lib
+from data_pipeline.checkpoint import UnitStore
+from data_pipeline.config import validate
+from data_pipeline.decontam import Decontaminator, load_benchmarks
+from data_pipeline.dedup import NearDuplicates, exact_key
+from data_pipeline.filters import FilterConfig, decode, rejection
+from data_pipeline.instruct import InstructConfig, file_records
+from data_pipeline.licences import decide
+from data_pipeline.parse import SourceSyntaxError, parse_source, parser_pool
+from data_pipeline.shards import SplitWriter, validation_packages
+from data_pipeline.sources import FetchFailed, Unit, UnitRejected, UnitSource
+from data_pipeline.sources.github import GitHubConfig, GitHubSource
+from data_pipeline.sources.hex_cache import HexCacheSource
+from data_pipeline.sources.hexpm import HexConfig, HexSource
+from data_pipeline.sources.http import HttpClient, HttpConfig
+from data_pipeline.sources.local import LocalSource
+from data_pipeline.sources.otp_docs import OtpDocsSource, otp_docs_worker
+from data_pipeline.sources.safe_tar import TarLimits
+
+log = logging.getLogger(__name__)
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Builds (or resumes building) the dataset under config.output_dir; returns the manifest."""
+    validate(config)
+    output = Path(config.output_dir)
+    store = UnitStore(output / "work" / "units")
+    failures = asyncio.run(collect(config, output, store))
+    return assemble(config, output, store, failures)
+
+
+# --- collect -------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Context:
+    config: ml_collections.ConfigDict
+    pool: ElixirPool
+    tokenizer: Any
+    filters: FilterConfig
+    instruct: InstructConfig
+
+
+async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitStore) -> list[dict[str, Any]]:
+    """Processes every unit not yet checkpointed; returns the units that failed (to retry next run)."""
+    pool = parser_pool(config.workers)
+    otp_worker = otp_docs_worker() if config.sources.otp_docs.enabled else None
+    http = HttpClient(HttpConfig(**config.http), output / "cache" / "http")
+    context = _Context(config, pool, _tekken(), FilterConfig(**config.filters),
+                       InstructConfig(seed=config.seed, **config.instruct))
+    failures: list[dict[str, Any]] = []
+    queue: asyncio.Queue[Unit | None] = asyncio.Queue(maxsize=2 * config.units_in_flight)
+    progress = tqdm(desc="units", unit="unit", disable=not config.progress)
+
+    async def produce() -> None:
+        try:
+            for source in _sources(config, output / "cache", http, pool, otp_worker):
+                try:
+                    async for unit in source.units():
+                        if store.done(unit.id):
+                            progress.update()
+                        else:
+                            await queue.put(unit)
+                except FetchFailed as error:
+                    failures.append({"unit": {"id": f"listing of {type(source).__name__}"}, "reason": str(error)})
+        finally:
+            for _ in range(config.units_in_flight):
+                await queue.put(None)
+
+    async def consume() -> None:
+        while (unit := await queue.get()) is not None:
+            try:
+                store.save(await process_unit(unit, context))
+            except FetchFailed as error:
+                failures.append({"unit": unit.describe(), "reason": str(error)})
+                log.warning("%s failed (a re-run retries it): %s", unit.id, error)
+            progress.update()
+
+    try:
+        await asyncio.gather(produce(), *(consume() for _ in range(config.units_in_flight)))
+    finally:
+        progress.close()
+        await http.aclose()
+        pool.close()
+        if otp_worker:
+            otp_worker.close()
+    return failures
+
+
+def _sources(config: ml_collections.ConfigDict, cache: Path, http: HttpClient, pool: ElixirPool,
+             otp_worker: ElixirPool | None) -> list[UnitSource]:
+    s = config.sources
+    extensions = tuple(config.extensions)
+    limits = TarLimits(max_files=config.archive.max_files, max_file_bytes=config.archive.max_file_bytes,
+                       max_total_bytes=s.hex.max_uncompressed_bytes)
+    wanted = lambda path: path.endswith(extensions)  # noqa: E731
+    sources: list[UnitSource] = []
+    if otp_worker:
+        sources.append(OtpDocsSource(tuple(s.otp_docs.apps), otp_worker))
+    if s.local.paths:
+        sources.append(LocalSource(tuple(s.local.paths), s.local.licence, s.local.batch_files, extensions,
+                                   config.archive.max_file_bytes))
+    if s.hex_cache.dirs:
+        sources.append(HexCacheSource(tuple(s.hex_cache.dirs), pool, wanted, limits, s.hex.max_tarball_bytes))
+    if s.hex.enabled:
+        sources.append(HexSource(HexConfig(**{k: v for k, v in s.hex.items() if k != "enabled"}), http, pool,
+                                 cache / "hex", wanted, limits))
+    if s.github.enabled:
+        sources.append(GitHubSource(GitHubConfig(**{k: v for k, v in s.github.items() if k != "enabled"}), http,
+                                    cache / "github", wanted, limits))
+    return sources
+
+
+async def process_unit(unit: Unit, context: _Context) -> dict[str, Any]:
+    """Licence, fetch, decode, filter, parse, records: the whole checkpointed result of one unit."""
+    allow = context.config.licences.allow
+    result: dict[str, Any] = {"unit": unit.describe(), "status": "done", "reason": "", "licence": None, "files": []}
+    decision = decide(unit.licences, allow) if unit.licences is not None else None
+    if decision is None or decision.allowed:
+        try:
+            fetched = await unit.fetch()
+        except UnitRejected as error:
+            licence = dataclasses.asdict(decision) if decision else None
+            return {**result, "licence": licence, "status": "rejected", "reason": str(error)}
+        decision = decision or decide(fetched.licences, allow)
+    result["licence"] = dataclasses.asdict(decision)
+    if not decision.allowed:
+        return {**result, "status": "rejected", "reason": f"licence: {decision.reason}"}
+    files = [{"path": s.path, "status": "skipped", "reason": s.reason} for s in fetched.skipped]
+    texts: dict[str, str] = {}
+    for file in fetched.files:
+        text = decode(file.content)
+        reason = "invalid UTF-8: not a UTF-8 text file" if text is None else rejection(
+            file.path, text, context.filters)
+        if reason:
+            files.append({"path": file.path, "status": "skipped", "reason": reason})
+        else:
+            texts[file.path] = text
+    entries = await asyncio.gather(*(
+        asyncio.to_thread(_file_entry, Source(unit.kind, unit.package, unit.version, path, decision.licence, unit.url),
+                          text, context)
+        for path, text in texts.items()))
+    result["files"] = sorted(files + list(entries), key=lambda f: f["path"])
+    return result
+
+
+def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
+    """Parses one file and makes its records (with Tekken token counts); runs in a worker thread."""
+    try:
+        parsed = parse_source(context.pool, source.path, text)
+    except SourceSyntaxError as error:
+        return {"path": source.path, "status": "skipped", "reason": f"parse error: {error}"}
+    except (WorkerError, WorkerCrashed, WorkerTimeout) as error:  # one odd file must not end a long run
+        return {"path": source.path, "status": "skipped", "reason": f"parser failed: {str(error).splitlines()[0]}"}
+    records = file_records(source, text, parsed, context.instruct)
+    return {"path": source.path, "status": "kept", "reason": "",
+            "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in records]}
+
+
+@functools.cache
+def _tekken() -> Any:
+    return load_tekken()
+
+
+def _tokens(tokenizer: Any, record: Record) -> int:
+    return sum(len(tokenizer.encode(text, bos=False, eos=False)) for text in record.contents())
+
+
+# --- assemble ------------------------------------------------------------------------------------------------
+
+def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore,
+             failures: list[dict[str, Any]]) -> dict[str, Any]:
+    """Dedup, decontamination, split and shards from every checkpoint; writes manifest.json and report.md."""
+    problems = load_benchmarks(config.decontam.benchmarks)
+    decontaminator = Decontaminator(problems, config.decontam.ngram, config.decontam.min_chars)
+    near = NearDuplicates(config.dedup.threshold, config.dedup.num_perm, config.dedup.ngram)
+    units = [manifest_lib.summarize(result) for result in store.results()]  # a first pass, without the records
+    files_per_package = collections.Counter()
+    for unit in units:
+        if unit["files_kept"]:
+            files_per_package[unit["package"]] += unit["files_kept"]
+    held_out = validation_packages(files_per_package, config.split.validation_fraction, config.seed)
+
+    staging = output / "work" / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    writers = {split: SplitWriter(staging, split, config.shards.records_per_shard)
+               for split in ("train", "validation")}
+    tally = manifest_lib.Tally()
+    seen_files: dict[str, str] = {}
+    seen_records: set[str] = set()
+    for result in tqdm(store.results(), desc="assemble", unit="unit", total=len(units), disable=not config.progress):
+        for file in result["files"]:
+            if file["status"] != "kept":
+                continue
+            where = f"{result['unit']['id']}:{file['path']}"
+            text = next(e["record"]["text"] for e in file["records"] if e["record"]["task"] == "file")
+            key = exact_key(text)
+            if key in seen_files:
+                tally.duplicate_file(where, seen_files[key], "exact")
+                continue
+            if original := near.duplicate_of(where, text):
+                tally.duplicate_file(where, original, "near")
+                continue
+            seen_files[key] = where
+            for entry in file["records"]:
+                record = Record.from_dict(entry["record"])
+                key = record.kind + ":" + exact_key("\0".join(record.contents()))
+                if key in seen_records:
+                    tally.duplicate_record()
+                    continue
+                seen_records.add(key)
+                if hit := decontaminator.find(record.contents()):
+                    tally.contaminated(record, hit)
+                    continue
+                split = "validation" if record.package in held_out else "train"
+                writers[split].write(dataclasses.replace(record, split=split))
+                tally.kept(record, split, entry["tokens"])
+
+    produced = {split: writer.close() for split, writer in writers.items()}
+    manifest = manifest_lib.build(config, units, failures, tally, problems, produced)
+    manifest_lib.write(manifest, staging)
+    _publish(staging, output)
+    return manifest
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Moves the finished files into output_dir, replacing the previous run's; the manifest goes last."""
+    for stale in list(output.glob("*.array_record")) + list(output.glob("*.jsonl")):
+        stale.unlink()
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "manifest.json"):
+        path.replace(output / path.name)
+    staging.rmdir()

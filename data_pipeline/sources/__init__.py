@@ -1,0 +1,66 @@
+"""Where Elixir comes from. Each source lists units of work; each unit fetches its source files.
+
+    hexpm.py       Hex.pm packages (API listing + repo tarballs)      hex_cache.py  tarballs already on disk
+    github.py      GitHub repositories (GraphQL search + tarballs)   local.py      a directory or git repo
+    otp_docs.py    the installed Elixir's own modules, from their docs chunks (offline)
+
+The shared pieces: http.py (the polite HTTP client), safe_tar.py (archive reading with caps) and
+hex_tarball.py (the Hex v3 tarball format).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import AsyncIterator, Awaitable, Callable, Protocol
+
+from data_pipeline import PipelineError
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative to the package or repository root
+    content: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str  # "category: detail", e.g. "too large: 52428800 bytes over the 4194304-byte cap"
+
+
+@dataclasses.dataclass
+class Fetched:
+    files: list[SourceFile]
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+    licences: list[str] = dataclasses.field(default_factory=list)  # found while fetching (tarball metadata, LICENSE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One checkpointed piece of work. `licences` is set when known before fetching, so a unit whose
+    licence is not allowed is never downloaded."""
+
+    id: str  # unique and stable across runs, e.g. "hex/jason/1.4.1"
+    kind: str  # hex | github | local | otp_docs
+    package: str
+    version: str
+    url: str
+    fetch: Callable[[], Awaitable[Fetched]] = dataclasses.field(compare=False, repr=False)
+    licences: tuple[str, ...] | None = None
+
+    def describe(self) -> dict[str, object]:
+        return {"id": self.id, "kind": self.kind, "package": self.package, "version": self.version, "url": self.url}
+
+
+class UnitSource(Protocol):
+    """What every source provides: its units, listed lazily (listing may page through an API)."""
+
+    def units(self) -> AsyncIterator[Unit]: ...
+
+
+class UnitRejected(PipelineError):
+    """The unit's material is unusable for good (bad checksum, unsafe or corrupt archive): recorded, not retried."""
+
+
+class FetchFailed(PipelineError):
+    """The unit could not be fetched this time (network, rate limit): reported, and retried by the next run."""

@@ -1,0 +1,105 @@
+"""Hex.pm: packages listed by the API (paged, most downloaded first), tarballs from repo.hex.pm.
+
+    GET {api_url}/packages?page=N&sort=total_downloads       100 packages a page, [] past the end
+    GET {api_url}/packages/NAME/releases/VERSION             release metadata; `checksum` = tarball SHA-256
+    GET {repo_url}/tarballs/NAME-VERSION.tar                 the v3 tarball (hex_tarball.py)
+
+One unit per package: its latest stable release. The licence comes with the listing, so a package whose
+licence is not allowed is never downloaded. Anonymous clients get 100 API requests a minute; an API key
+in the environment (`HEX_API_KEY` by default) raises that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from devstral_jax.elixir_worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
+
+from data_pipeline.parse import read_erlang_terms
+from data_pipeline.sources import Fetched, UnitRejected, Unit
+from data_pipeline.sources.hex_tarball import metadata_from_terms, read_hex_tarball
+from data_pipeline.sources.http import HttpClient
+from data_pipeline.sources.safe_tar import TarLimits
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"[a-z][a-z0-9_]*")  # Hex's rule for package names
+_VERSION = re.compile(r"[0-9][0-9A-Za-z.+\-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class HexConfig:
+    api_url: str
+    repo_url: str
+    sort: str
+    max_packages: int  # 0: all
+    api_key_env: str
+    max_tarball_bytes: int
+    max_uncompressed_bytes: int
+
+
+class HexSource:
+    def __init__(self, config: HexConfig, http: HttpClient, pool: ElixirPool, cache_dir: Path,
+                 wanted: Callable[[str], bool], limits: TarLimits):
+        self.config = config
+        self.http = http
+        self.pool = pool
+        self.cache_dir = cache_dir
+        self.wanted = wanted
+        self.limits = dataclasses.replace(limits, max_total_bytes=config.max_uncompressed_bytes)
+        key = os.environ.get(config.api_key_env)
+        self.headers = {"authorization": key} if key else {}
+
+    async def units(self) -> AsyncIterator[Unit]:
+        listed = 0
+        page = 1
+        while True:
+            packages = await self.http.get_json(f"{self.config.api_url}/packages",
+                                                params={"page": page, "sort": self.config.sort}, headers=self.headers)
+            if not packages:
+                return
+            for package in packages:
+                name = package.get("name") or ""
+                version = package.get("latest_stable_version") or package.get("latest_version") or ""
+                if not (_NAME.fullmatch(name) and _VERSION.fullmatch(version)):  # they name files in the cache
+                    log.warning("Skipping a Hex package listed as %r version %r: not a valid name.", name, version)
+                    continue
+                yield Unit(id=f"hex/{name}/{version}", kind="hex", package=name, version=version,
+                           url=f"https://hex.pm/packages/{name}/{version}",
+                           licences=tuple((package.get("meta") or {}).get("licenses") or ()),
+                           fetch=lambda name=name, version=version: self.fetch(name, version))
+                listed += 1
+                if listed == self.config.max_packages:
+                    return
+            page += 1
+
+    async def fetch(self, name: str, version: str) -> Fetched:
+        release = await self.http.get_json(f"{self.config.api_url}/packages/{name}/releases/{version}",
+                                           headers=self.headers)
+        tarball = await self.http.download(f"{self.config.repo_url}/tarballs/{name}-{version}.tar",
+                                           self.cache_dir / f"{name}-{version}.tar",
+                                           max_bytes=self.config.max_tarball_bytes)
+        return await asyncio.to_thread(read_package, tarball, self.pool, wanted=self.wanted, limits=self.limits,
+                                       max_tarball_bytes=self.config.max_tarball_bytes,
+                                       expected_checksum=release.get("checksum"))
+
+
+def read_package(path: Path, pool: ElixirPool, *, wanted: Callable[[str], bool], limits: TarLimits,
+                 max_tarball_bytes: int, expected_checksum: str | None = None) -> Fetched:
+    """A package tarball's Elixir files, with the licences its metadata declares."""
+    if path.stat().st_size > max_tarball_bytes:
+        raise UnitRejected(f"too large: {path.name} is over the {max_tarball_bytes}-byte cap")
+    tarball = read_hex_tarball(path.read_bytes(), wanted=wanted, limits=limits, max_tarball_bytes=max_tarball_bytes,
+                               expected_checksum=expected_checksum, name=path.name)
+    try:
+        metadata = metadata_from_terms(read_erlang_terms(pool, tarball.metadata_text))
+    except (ValueError, WorkerError, WorkerCrashed, WorkerTimeout) as error:
+        raise UnitRejected(f"bad metadata: {path.name}: {str(error).splitlines()[0]}") from None
+    licences = metadata.get("licenses") or []
+    tarball.contents.licences = [str(l) for l in licences] if isinstance(licences, list) else []
+    return tarball.contents

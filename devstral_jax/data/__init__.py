@@ -1,0 +1,1 @@
+"""Training data: the record schema (records.py) and the Grain input pipeline."""

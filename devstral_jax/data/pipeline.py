@@ -1,0 +1,132 @@
+"""The Grain input pipeline: record shards -> tokens -> next-token windows -> first-fit packed rows -> batches.
+
+Rows are `seq_len` long; documents never straddle rows, each keeps its own `segment_ids` (1, 2, ... ; 0 is
+padding) and `positions` restarting at 0, so attention never crosses documents. Shuffling is seeded,
+each process reads its own slice of the records, and the iterator's state (`get_state`/`set_state`)
+goes into every checkpoint, so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+
+import grain
+import grain.experimental as grain_exp
+import numpy as np
+
+from devstral_jax.data.records import Record, RecordError
+from devstral_jax.data.tokenize import RecordTokenizer, training_windows
+
+MAX_WINDOWS_PER_RECORD = 256  # a record longer than this many rows is cut (and counted in the log)
+FEATURES = ("inputs", "targets", "loss_mask")
+
+
+class DataError(ValueError):
+    """Training data that cannot be read: no shards, an empty or unreadable shard, a bad record."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    paths: tuple[str, ...]  # files, directories or globs of .jsonl / .array_record shards
+    split: str  # which records to use: "train" or "validation"
+    seq_len: int
+    batch_size: int  # rows per optimizer step, across all processes
+    microbatches: int = 1  # gradient accumulation: the step's batch arrives as [microbatches, rows, seq]
+    seed: int = 0
+    num_epochs: int = 1000  # effectively unbounded for training; the trainer stops at its step count
+    shuffle: bool = True
+    packing_bins: int = 16
+    worker_count: int = 0  # >0: multiprocess prefetch (Grain mp_prefetch)
+
+
+def shard_files(paths: tuple[str, ...]) -> list[str]:
+    """Expands directories and globs to `.jsonl` / `.array_record` files; clear errors when there are none."""
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            matches = sorted(glob.glob(os.path.join(path, "**", "*.jsonl"), recursive=True) +
+                             glob.glob(os.path.join(path, "**", "*.array_record*"), recursive=True))
+        else:
+            matches = sorted(glob.glob(path))
+        if not matches:
+            raise DataError(f"No training shards at {path!r} (expected .jsonl or .array_record files).")
+        files += matches
+    return files
+
+
+def _read_records(files: list[str]) -> list[bytes]:
+    """All serialized records of the shards, as bytes (JSONL lines; ArrayRecord entries)."""
+    raw: list[bytes] = []
+    for path in files:
+        try:
+            if ".array_record" in path:
+                source = grain.sources.ArrayRecordDataSource([path])
+                entries = [source[i] for i in range(len(source))]
+            else:
+                with open(path, "rb") as f:
+                    entries = [line for line in f.read().splitlines() if line.strip()]
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DataError(f"Cannot read training shard {path}: {e}") from None
+        if not entries:
+            raise DataError(f"Training shard {path} is empty.")
+        raw += entries
+    return raw
+
+
+def _decode(raw: bytes, split: str) -> Record | None:
+    try:
+        record = Record.from_json(raw)
+    except (RecordError, ValueError) as e:
+        raise DataError(f"Bad training record: {e} (record starts {raw[:120]!r}).") from None
+    return record if record.split == split else None
+
+
+class _ToWindows(grain_exp.FlatMapTransform):
+    max_fan_out = MAX_WINDOWS_PER_RECORD
+
+    def __init__(self, tokenizer: RecordTokenizer, seq_len: int):
+        self.tokenizer, self.seq_len = tokenizer, seq_len
+
+    def flat_map(self, record: Record) -> list[dict[str, np.ndarray]]:
+        windows = training_windows(*self.tokenizer(record), self.seq_len)
+        if len(windows) > MAX_WINDOWS_PER_RECORD:
+            logging.warning("Record %s spans %d rows; keeping the first %d.", record.id, len(windows),
+                            MAX_WINDOWS_PER_RECORD)
+        return windows[:MAX_WINDOWS_PER_RECORD]
+
+
+def _to_step_batch(rows: dict[str, np.ndarray], microbatches: int) -> dict[str, np.ndarray]:
+    """Grain's packed features -> the train step's batch, shaped [microbatches, rows, seq]."""
+    batch = {name: rows[name] for name in FEATURES}
+    batch["segment_ids"] = rows["inputs_segment_ids"]
+    batch["positions"] = rows["inputs_positions"]
+    return {k: v.reshape(microbatches, -1, *v.shape[1:]).astype(np.int32) for k, v in batch.items()}
+
+
+def make_dataset(spec: DataSpec, tokenizer: RecordTokenizer, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+    """The batches of `spec` for this process: dicts of int32 `[microbatches, rows, seq_len]` arrays
+    (`inputs`, `targets`, `loss_mask`, `segment_ids`, `positions`)."""
+    if spec.batch_size % (spec.microbatches * process_count):
+        raise DataError(f"batch_size {spec.batch_size} must divide into {spec.microbatches} microbatches on "
+                        f"{process_count} process(es).")
+    records = _read_records(shard_files(spec.paths))
+    ds = grain.MapDataset.source(records).map(lambda raw: _decode(raw, spec.split)).filter(lambda r: r is not None)
+    if spec.num_epochs > 1:
+        ds = ds.repeat(spec.num_epochs)
+    if spec.shuffle:
+        ds = ds.shuffle(seed=spec.seed)
+    ds = ds[process_index::process_count]
+    lengths = {name: spec.seq_len for name in FEATURES}
+    packed = grain_exp.FirstFitPackIterDataset(
+        grain_exp.FlatMapIterDataset(ds.to_iter_dataset(), _ToWindows(tokenizer, spec.seq_len)),
+        length_struct=lengths, num_packing_bins=spec.packing_bins, seed=spec.seed, shuffle_bins=spec.shuffle)
+    rows_per_process = spec.batch_size // process_count
+    batches = packed.batch(rows_per_process, drop_remainder=True).map(
+        lambda rows: _to_step_batch(rows, spec.microbatches))
+    if spec.worker_count:
+        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=spec.worker_count))
+    return batches

@@ -1,0 +1,169 @@
+"""The training-record schema: the one definition the data pipeline writes and the Grain pipeline reads.
+
+A record is one training example, stored as one JSON object (an ArrayRecord entry, or a JSONL line):
+
+    {"id": "3f9a...", "kind": "chat", "task": "doc_to_impl", "split": "train",
+     "source": {"kind": "hex", "package": "jason", "version": "1.4.1", "path": "lib/jason.ex",
+                "licence": "Apache-2.0", "url": "https://hex.pm/packages/jason/1.4.1"},
+     "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
+
+Kinds and their payload fields:
+  text  `text`                        whole files, for continued pretraining (stage 1)
+  chat  `messages` (OpenAI style)     instructions; the loss is on assistant turns (stage 2)
+  fim   `prefix`, `suffix`, `middle`  fill-in-the-middle; the model writes `middle`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+KINDS = ("text", "chat", "fim")
+ROLES = ("system", "user", "assistant")
+SPLITS = ("train", "validation")
+_PAYLOAD_FIELDS = {"text": ("text",), "chat": ("messages",), "fim": ("prefix", "suffix", "middle")}
+
+
+class RecordError(ValueError):
+    """A record does not follow the schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where a record's material came from: enough to credit it, honour its licence and find it again."""
+
+    kind: str  # hex | github | local | otp_docs
+    package: str
+    version: str
+    path: str
+    licence: str  # an SPDX id (or LicenseRef-...)
+    url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    id: str
+    kind: str
+    task: str  # what produced it: file, doc_to_impl, otp_behaviour, doctest_tests, doctest_value, ...
+    source: Source
+    split: str = "train"
+    text: str | None = None
+    messages: tuple[Message, ...] | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    middle: str | None = None
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def package(self) -> str:
+        return self.source.package
+
+    @property
+    def licence(self) -> str:
+        return self.source.licence
+
+    def contents(self) -> list[str]:
+        """The record's text fields, in reading order (for dedup, decontamination, token counts)."""
+        if self.kind == "text":
+            return [self.text]
+        if self.kind == "chat":
+            return [message.content for message in self.messages]
+        return [self.prefix, self.middle, self.suffix]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "task": self.task, "split": self.split,
+                               "source": dataclasses.asdict(self.source)}
+        for name in _PAYLOAD_FIELDS[self.kind]:
+            value = getattr(self, name)
+            out[name] = [dataclasses.asdict(m) for m in value] if name == "messages" else value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        if not isinstance(data, dict):
+            raise RecordError(f"A record is a JSON object, got {type(data).__name__}.")
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise RecordError(f"Record {data.get('id')!r}: kind must be one of {KINDS}, got {kind!r}.")
+        allowed = {"id", "kind", "task", "split", "source", *_PAYLOAD_FIELDS[kind]}
+        if unknown := set(data) - allowed:
+            raise RecordError(f"Record {data.get('id')!r} ({kind}): unexpected fields {sorted(unknown)}.")
+        if missing := {"id", "task", "source", *_PAYLOAD_FIELDS[kind]} - set(data):
+            raise RecordError(f"Record {data.get('id')!r} ({kind}): missing fields {sorted(missing)}.")
+        source = data["source"]
+        try:
+            source = Source(**source)
+        except TypeError as error:
+            raise RecordError(f"Record {data['id']!r}: bad source {source!r} ({error}).") from None
+        fields = dict(data, source=source)
+        if kind == "chat":
+            messages = data["messages"]
+            if not isinstance(messages, list) or not all(isinstance(m, dict) and set(m) == {"role", "content"}
+                                                         for m in messages):
+                raise RecordError(f"Record {data['id']!r}: messages must be a list of {{role, content}} objects.")
+            fields["messages"] = tuple(Message(**m) for m in messages)
+        return cls(**fields)
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> Record:
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RecordError(f"Not a JSON record: {error}.") from None
+        return cls.from_dict(data)
+
+
+def validate(record: Record) -> None:
+    """Raises RecordError unless `record` is well formed for its kind."""
+    where = f"Record {record.id!r} ({record.kind})"
+    if not isinstance(record.id, str) or not record.id:
+        raise RecordError("A record needs a non-empty string id.")
+    if record.kind not in KINDS:
+        raise RecordError(f"{where}: kind must be one of {KINDS}.")
+    if record.split not in SPLITS:
+        raise RecordError(f"{where}: split must be one of {SPLITS}, got {record.split!r}.")
+    if not isinstance(record.task, str) or not record.task:
+        raise RecordError(f"{where}: task must be a non-empty string.")
+    if not isinstance(record.source, Source) or not all(
+            isinstance(v, str) for v in dataclasses.astuple(record.source)):
+        raise RecordError(f"{where}: source must be a Source of strings.")
+    payload = _PAYLOAD_FIELDS[record.kind]
+    for name in ("text", "messages", "prefix", "suffix", "middle"):
+        if name not in payload and getattr(record, name) is not None:
+            raise RecordError(f"{where}: `{name}` does not belong to a {record.kind} record.")
+    if record.kind == "text" and not (isinstance(record.text, str) and record.text):
+        raise RecordError(f"{where}: text must be a non-empty string.")
+    if record.kind == "fim":
+        if not all(isinstance(getattr(record, name), str) for name in payload):
+            raise RecordError(f"{where}: prefix, suffix and middle must be strings.")
+        if not record.middle:
+            raise RecordError(f"{where}: middle must not be empty.")
+    if record.kind == "chat":
+        _validate_messages(where, record.messages)
+
+
+def _validate_messages(where: str, messages: Any) -> None:
+    if not isinstance(messages, tuple) or not messages:
+        raise RecordError(f"{where}: messages must be a non-empty tuple of Message.")
+    for message in messages:
+        if not isinstance(message, Message) or message.role not in ROLES or not isinstance(message.content, str):
+            raise RecordError(f"{where}: each message needs a role in {ROLES} and string content, got {message!r}.")
+        if not message.content:
+            raise RecordError(f"{where}: a {message.role} message is empty.")
+    turns = messages[1:] if messages[0].role == "system" else messages
+    expected = ["user", "assistant"] * (len(turns) // 2 + 1)
+    if not turns or [m.role for m in turns] != expected[:len(turns)] or turns[-1].role != "assistant":
+        raise RecordError(f"{where}: turns must alternate user/assistant (after an optional system message) "
+                          f"and end with the assistant.")

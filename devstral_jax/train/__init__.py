@@ -1,0 +1,1 @@
+"""Training: chunked loss, optimizer, the jitted train step, and the loop around it."""

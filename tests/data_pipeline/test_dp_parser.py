@@ -1,0 +1,117 @@
+"""The Elixir parser worker on a fixture tree: exactly the expected modules, functions, docs and doctests."""
+
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.parse import SourceSyntaxError, parse_source, read_erlang_terms
+
+TREE = Path(__file__).parent / "fixtures" / "elixir_tree" / "lib" / "my_app"
+
+
+def parse(pool, name):
+    return parse_source(pool, name, (TREE / name).read_bytes())
+
+
+def summary(function):
+    return (function.name, function.arity, function.kind, function.line, function.end_line, function.doc,
+            function.spec_spans, function.impl, function.has_body)
+
+
+def steps(doctests):
+    return [[(step.expr, step.expected, step.valid) for step in doctest] for doctest in doctests]
+
+
+def test_genserver_module(pool):
+    (stack,) = parse(pool, "stack.ex").modules
+    assert (stack.name, stack.kind, stack.line, stack.end_line) == ("MyApp.Stack", "defmodule", 1, 33)
+    assert stack.moduledoc == "A stack held by a GenServer process.\n\nPush and pop values from any process.\n"
+    assert stack.moduledoc_span == (2, 6)
+    assert stack.uses == ("GenServer",) and stack.behaviours == ()
+    assert [summary(f) for f in stack.functions] == [
+        ("start_link", 1, "def", 13, 15, "Starts the stack with an initial list of values.\n", ((12, 12),), None, True),
+        ("push", 2, "def", 19, 19, "Pushes `value` on top of the stack.", ((18, 18),), None, True),
+        ("pop", 1, "def", 22, 22, "Pops the top value, or returns `nil` when the stack is empty.", (), None, True),
+        ("init", 1, "def", 25, 25, None, (), True, True),
+        ("handle_cast", 2, "def", 28, 28, None, (), True, True),
+        ("handle_call", 3, "def", 31, 32, None, (), "GenServer", True),  # two clauses, one function
+    ]
+    assert stack.functions[0].signature == "start_link(initial)"
+
+
+def test_application_and_supervisor_in_one_file(pool):
+    application, supervisor = parse(pool, "application.ex").modules
+    assert (application.name, application.moduledoc, application.uses) == ("MyApp.Application", False, ("Application",))
+    assert [summary(f) for f in application.functions] == [("start", 2, "def", 6, 8, None, (), True, True)]
+    assert (supervisor.name, supervisor.line, supervisor.end_line) == ("MyApp.Supervisor", 11, 24)
+    assert (supervisor.moduledoc, supervisor.uses) == ("Supervises the stack.", ("Supervisor",))
+    assert [summary(f) for f in supervisor.functions] == [
+        ("start_link", 1, "def", 15, 17, None, (), None, True),
+        ("init", 1, "def", 20, 23, None, (), True, True),
+    ]
+
+
+def test_doctests_functions_macros_and_nested_modules(pool):
+    math, vector = parse(pool, "math.ex").modules
+    assert steps(math.doctests) == [[("MyApp.Math.double(21)", "42", True)]]
+    assert [summary(f)[:5] for f in math.functions] == [
+        ("sum", 1, "def", 27, 27), ("double", 1, "def", 37, 37), ("internal", 1, "def", 40, 40),
+        ("helper", 2, "defp", 42, 44), ("twice", 1, "defmacro", 46, 51)]
+    sum_, double, internal, helper, _ = math.functions
+    assert steps(sum_.doctests) == [
+        [("MyApp.Math.sum([1, 2, 3])", "6", True)],
+        [("xs = [10, 20]", None, True), ("MyApp.Math.sum(xs)", "30", True)],
+        [("MyApp.Math.sum([1,\n  2])", "3", True)],
+    ]
+    assert steps(double.doctests) == [[
+        ("MyApp.Math.double(2)", "4", True),
+        ("MyApp.Math.double(:a)", "** (ArithmeticError) bad argument in arithmetic expression", True)]]
+    assert internal.doc is False and not internal.public
+    assert helper.signature == "helper(x, y \\\\ 1)" and not helper.public
+    assert (vector.name, vector.line, vector.end_line) == ("MyApp.Math.Vector", 53, 59)
+    assert vector.moduledoc == "2-D vectors."
+    assert [summary(f)[:6] for f in vector.functions] == [("add", 2, "def", 58, 58, "Adds two vectors.")]
+
+
+def test_behaviours_protocols_and_implementations(pool):
+    job, echo, protocol, implementation = parse(pool, "job.ex").modules
+    assert (job.name, job.functions) == ("MyApp.Job", ())
+    assert echo.behaviours == ("MyApp.Job",)
+    assert [summary(f) for f in echo.functions] == [("run", 1, "def", 10, 10, None, (), "MyApp.Job", True)]
+    assert (protocol.name, protocol.kind) == ("MyApp.Describe", "defprotocol")
+    assert [summary(f) for f in protocol.functions] == [
+        ("describe", 1, "def", 15, 15, "Describes a value.", (), None, False)]
+    assert (implementation.name, implementation.kind) == ("MyApp.Describe.Integer", "defimpl")
+
+
+def test_syntax_errors_and_non_utf8_are_reported_not_fatal(pool):
+    with pytest.raises(SourceSyntaxError, match="syntax error at line 5: .*missing terminator"):
+        parse(pool, "broken.ex")
+    with pytest.raises(SourceSyntaxError, match="not valid UTF-8"):
+        parse(pool, "latin1.ex")
+    assert parse(pool, "stack.ex").modules[0].name == "MyApp.Stack"  # the workers are still fine
+
+
+def test_doctest_steps_that_are_not_elixir_are_marked(pool):
+    source = '''defmodule Shell do
+  @doc """
+      iex> Shell.run("ls")
+      * creating file
+      iex> Shell.add(1, 2) |> double()
+      6
+  """
+  def run(cmd), do: cmd
+end
+'''
+    (module,) = parse_source(pool, "shell.ex", source).modules
+    (doctest,) = module.functions[0].doctests
+    assert [(s.valid, s.calls) for s in doctest] == [(False, ()), (True, (("double", 1),))]  # piped: double/1
+
+
+def test_erlang_terms_are_read_by_erlang(pool):
+    text = '{<<"name">>,<<"jason">>}.\n{<<"licenses">>,[<<"Apache 2.0">>]}.\n{<<"n">>, 3}.\n'
+    assert read_erlang_terms(pool, text) == [("name", "jason"), ("licenses", ["Apache 2.0"]), ("n", 3)]
+    with pytest.raises(ValueError, match="missing its final"):
+        read_erlang_terms(pool, '{<<"name">>,<<"jason">>}')
+    with pytest.raises(ValueError, match="syntax error"):
+        read_erlang_terms(pool, "{a,,}.")

@@ -1,0 +1,32 @@
+"""The split by package and the shard writer."""
+
+import grain
+
+from devstral_jax.data.records import Record, Source
+
+from data_pipeline.shards import SplitWriter, validation_packages
+
+
+def test_validation_takes_whole_packages_up_to_the_fraction():
+    files = {f"pkg{i}": 10 for i in range(100)}
+    held = validation_packages(files, 0.05, seed=0)
+    assert len(held) == 5  # 5% of the files
+    assert held == validation_packages(dict(reversed(files.items())), 0.05, seed=0)  # order-independent
+    assert held != validation_packages(files, 0.05, seed=1)
+    assert len(validation_packages({"big": 1000, "small": 1}, 0.05, seed=0)) == 1  # never empty...
+    assert validation_packages({"only": 10}, 0.5, seed=0) == set()  # ...and never everything
+    assert validation_packages(files, 0.0, seed=0) == set()
+
+
+def test_writer_rolls_shards_and_mirrors_jsonl(tmp_path):
+    source = Source("local", "p", "v", "lib/a.ex", "MIT", "")
+    records = [Record(id=f"r{i}", kind="text", task="file", source=source, text=f"x = {i}\n") for i in range(5)]
+    writer = SplitWriter(tmp_path, "train", records_per_shard=2)
+    for record in records:
+        writer.write(record)
+    paths = writer.close()
+    assert [p.name for p in paths] == ["train-00000.array_record", "train-00001.array_record",
+                                       "train-00002.array_record", "train.jsonl"]
+    data = grain.sources.ArrayRecordDataSource([str(p) for p in paths[:-1]])
+    assert [Record.from_json(data[i]) for i in range(len(data))] == records
+    assert (tmp_path / "train.jsonl").read_text().splitlines() == [r.to_json() for r in records]

@@ -1,0 +1,113 @@
+"""The training input pipeline: record tokenization with loss masks, packing, resume, and bad shards."""
+
+import json
+
+import numpy as np
+import pytest
+
+from devstral_jax.data.pipeline import DataError, DataSpec, make_dataset
+from devstral_jax.data.records import Record
+from devstral_jax.data.tokenize import RecordTokenizer, training_windows
+
+SOURCE = {"kind": "local", "package": "demo", "version": "0", "path": "lib/demo.ex", "licence": "MIT", "url": ""}
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> RecordTokenizer:
+    return RecordTokenizer()
+
+
+def _record(kind: str, **payload) -> Record:
+    return Record.from_dict({"id": f"{kind}-{len(str(payload))}", "kind": kind, "task": "t", "source": SOURCE,
+                             **payload})
+
+
+def test_chat_loss_mask_covers_exactly_the_assistant_turns(tokenizer):
+    record = _record("chat", messages=[
+        {"role": "system", "content": "You write idiomatic Elixir."},
+        {"role": "user", "content": "Reverse a list."},
+        {"role": "assistant", "content": "Enum.reverse(list)"},
+        {"role": "user", "content": "Now sum it."},
+        {"role": "assistant", "content": "Enum.sum(list)"}])
+    tokens, mask = tokenizer(record)
+    trained = tokens[mask == 1].tolist()
+    expected = [*tokenizer.encode_text("Enum.reverse(list)"), tokenizer.eos_id,
+                *tokenizer.encode_text("Enum.sum(list)"), tokenizer.eos_id]
+    assert trained == expected
+    assert tokens[0] == tokenizer.bos_id and mask[0] == 0
+
+
+def test_text_and_fim_masks(tokenizer):
+    tokens, mask = tokenizer(_record("text", text="defmodule A do\nend\n"))
+    assert tokens[0] == tokenizer.bos_id and tokens[-1] == tokenizer.eos_id
+    assert mask.tolist() == [0] + [1] * (len(tokens) - 1)
+    tokens, mask = tokenizer(_record("fim", prefix="def add(a, b) do\n  ", suffix="\nend\n", middle="a + b"))
+    assert tokens[mask == 1].tolist() == [*tokenizer.encode_text("a + b"), tokenizer.eos_id]
+    assert mask[: np.argmax(mask)].sum() == 0
+
+
+def test_long_sequences_become_windows_without_losing_or_repeating_targets():
+    tokens = np.arange(23, dtype=np.int32)
+    windows = training_windows(tokens, np.ones(23, np.int32), seq_len=8)
+    targets = np.concatenate([w["targets"] for w in windows])
+    assert targets.tolist() == list(range(1, 23))
+    assert all(len(w["inputs"]) <= 8 for w in windows)
+    np.testing.assert_array_equal(np.concatenate([w["inputs"] for w in windows]), np.arange(22))
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(r.to_json() + "\n" for r in records))
+    return str(path)
+
+
+def test_packed_batches_have_segments_positions_and_resume_exactly(tmp_path, tokenizer):
+    records = [_record("text", text=f"defmodule M{i} do\n  def f, do: {i}\nend\n" * (1 + i % 5)) for i in range(40)]
+    spec = DataSpec(paths=(_write_jsonl(tmp_path / "a.jsonl", records),), split="train", seq_len=64, batch_size=4,
+                    microbatches=2, seed=3)
+    iterator = iter(make_dataset(spec, tokenizer))
+    batch = next(iterator)
+    assert {k: v.shape for k, v in batch.items()} == {k: (2, 2, 64) for k in
+                                                      ("inputs", "targets", "loss_mask", "segment_ids", "positions")}
+    row_segments, row_positions = batch["segment_ids"][0, 0], batch["positions"][0, 0]
+    assert row_segments.max() >= 2  # several documents share a row
+    for segment in range(1, row_segments.max() + 1):
+        np.testing.assert_array_equal(row_positions[row_segments == segment], np.arange((row_segments == segment).sum()))
+    assert np.all(batch["loss_mask"][batch["segment_ids"] == 0] == 0)  # padding never trains
+
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(3)]
+    resumed = iter(make_dataset(spec, tokenizer))
+    resumed.set_state(json.loads(json.dumps(state)))  # the state survives a JSON round trip (checkpoints)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_each_process_reads_its_own_records(tmp_path, tokenizer):
+    records = [_record("text", text=f"x = {i}\n") for i in range(20)]
+    spec = DataSpec(paths=(_write_jsonl(tmp_path / "a.jsonl", records),), split="train", seq_len=32, batch_size=2,
+                    num_epochs=1, shuffle=False)
+    seen = []
+    for process in range(2):
+        for batch in make_dataset(spec, tokenizer, process_index=process, process_count=2):
+            seen.append({tuple(r[s == k]) for r, s in zip(batch["inputs"][0], batch["segment_ids"][0])
+                         for k in range(1, s.max() + 1)})
+    assert seen  # both processes produced batches, and no document appears in both halves
+    first, second = set().union(*seen[: len(seen) // 2]), set().union(*seen[len(seen) // 2:])
+    assert not first & second
+
+
+def test_bad_shards_are_clear_errors(tmp_path, tokenizer):
+    spec = lambda path: DataSpec(paths=(str(path),), split="train", seq_len=32, batch_size=2)  # noqa: E731
+    with pytest.raises(DataError, match="No training shards"):
+        make_dataset(spec(tmp_path / "missing.jsonl"), tokenizer)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        make_dataset(spec(tmp_path / "empty.jsonl"), tokenizer)
+    (tmp_path / "bad.jsonl").write_text('{"id": "x", "kind": "poem"}\n')
+    with pytest.raises(DataError, match="kind must be one of"):
+        next(iter(make_dataset(spec(tmp_path / "bad.jsonl"), tokenizer)))
+    (tmp_path / "broken.array_record").write_bytes(b"not an array record")
+    with pytest.raises(DataError, match="Cannot read training shard"):
+        make_dataset(spec(tmp_path / "broken.array_record"), tokenizer)
