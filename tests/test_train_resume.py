@@ -48,6 +48,12 @@ def _per_step(workdir, key):
 def test_sigkill_then_resume_repeats_the_uninterrupted_run_bit_for_bit(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run(straight, "--config.train.steps=8")
+    # The outputs a user looks at: per-step metrics, validation loss, TensorBoard events, the loss curve.
+    records = read_metrics(str(straight / "metrics.jsonl"))
+    assert {"loss", "grad_norm", "learning_rate", "tokens_per_s", "batch_crc32"} <= set(records[0])
+    assert any("eval_loss" in r and "eval_perplexity" in r for r in records)
+    assert list((straight / "tensorboard").glob("events.out.tfevents.*"))
+    assert (straight / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     process = subprocess.Popen(_train_cmd(killed, "--config.train.steps=8"), cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=ENV)
