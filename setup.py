@@ -21,6 +21,8 @@ RUNTIME = [
     "datasketch>=1.6",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    "sacrebleu>=2.4",
+    "gguf>=0.17",
 ]
 
 EXTRAS = {

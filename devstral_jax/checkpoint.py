@@ -29,10 +29,10 @@ def base_fingerprint(frozen: Any, sample: int = 4096) -> str:
     """A cheap hash of the frozen base: every array's path, shape and dtype, and a strided sample of its values."""
     digest = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_leaves_with_path(frozen):
-        array = np.asarray(jax.device_get(leaf)).reshape(-1)
-        stride = max(1, array.size // sample)
-        digest.update(f"{jax.tree_util.keystr(path)}|{array.shape}|{array.dtype}|".encode())
-        digest.update(np.ascontiguousarray(array[::stride][:sample]).tobytes())
+        stride = max(1, leaf.size // sample)
+        values = np.asarray(jax.device_get(leaf.reshape(-1)[::stride][:sample]))  # sampled on device: small copy
+        digest.update(f"{jax.tree_util.keystr(path)}|{leaf.shape}|{leaf.dtype}|".encode())
+        digest.update(np.ascontiguousarray(values).tobytes())
     return digest.hexdigest()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,15 +25,21 @@ class QuantRow:
         return 8 * self.bytes / int(np.prod(self.shape))
 
 
+@jax.jit
+def _error_stats(original: jax.Array, restored: jax.Array) -> tuple[jax.Array, ...]:
+    """noise, signal, mean |error|, max |error|: one fused pass (eagerly, each op is a pass over the tensor)."""
+    w = original.astype(jnp.float32)
+    error = restored.astype(jnp.float32) - w
+    return jnp.sum(error * error), jnp.sum(w * w), jnp.mean(jnp.abs(error)), jnp.max(jnp.abs(error))
+
+
 def measure(name: str, original, restored, storage: str, stored_bytes: int) -> QuantRow:
     """Compares a tensor with its dequantized copy (both any array type), in float32."""
-    w = jnp.asarray(original, jnp.float32)
-    error = jnp.asarray(restored, jnp.float32) - w
-    noise = float(jnp.sum(error * error))
-    signal = float(jnp.sum(w * w))
+    original = jnp.asarray(original)
+    noise, signal, mean_abs_error, max_abs_error = map(float, _error_stats(original, jnp.asarray(restored)))
     return QuantRow(
-        name=name, shape=tuple(w.shape), storage=storage, bytes=stored_bytes, bf16_bytes=int(w.size) * 2,
-        mean_abs_error=float(jnp.mean(jnp.abs(error))), max_abs_error=float(jnp.max(jnp.abs(error))),
+        name=name, shape=tuple(original.shape), storage=storage, bytes=stored_bytes,
+        bf16_bytes=int(original.size) * 2, mean_abs_error=mean_abs_error, max_abs_error=max_abs_error,
         snr_db=10 * np.log10(signal / noise) if noise > 0 else float("inf"),
     )
 

@@ -19,7 +19,8 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = to_config_dict(preset("tiny"))
-    # Where the frozen base comes from: "random" (tests, demo, benchmarks) or a Hugging Face / Mistral model dir.
+    # Where the frozen base comes from: "random" (tests, demo, benchmarks) or a Hugging Face / Mistral model dir
+    # (then config.model must describe that checkpoint: its preset, with the execution fields you want).
     config.base = "random"
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: fill with the devices left
     config.data = ml_collections.ConfigDict(dict(

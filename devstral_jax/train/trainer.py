@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from devstral_jax import sharding
 from devstral_jax.checkpoint import Checkpointer, base_fingerprint
-from devstral_jax.config import ModelConfig, from_config_dict
+from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
 from devstral_jax.data.pipeline import DataSpec, make_dataset
 from devstral_jax.data.tokenize import RecordTokenizer
+from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
 from devstral_jax.train import config as train_config
@@ -56,12 +57,20 @@ class TrainResult:
 
 def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
                 mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State, nnx.State, str]:
-    """(graphdef, LoRA state, frozen state, base source) with every array created directly in its sharding."""
-    if config.base != "random":
-        raise TrainingError(f"config.base={config.base!r}: loading a base model directory needs devstral_jax.hf.load "
-                            "(the Hugging Face import); use base='random' until it is installed.")
+    """(graphdef, LoRA state, frozen state, base source) with every array created directly in its sharding:
+    a random base (`config.base == "random"`), or the checkpoint directory `config.base` streamed in."""
     if model_config.lora_rank == 0:
         raise TrainingError("config.model.lora_rank is 0: there is nothing to train. Set a LoRA rank (e.g. 16).")
+    if config.base != "random":
+        execution = {name: getattr(model_config, name) for name in EXECUTION_FIELDS}
+        loaded = load_base(config.base, mesh=mesh, seed=config.seed, **execution)
+        differing = [f for f in dataclasses.asdict(model_config) if f != "initializer_range"
+                     and getattr(loaded.config, f) != getattr(model_config, f)]
+        if differing:
+            raise TrainingError(f"config.model disagrees with the checkpoint in {config.base} on {differing}; "
+                                "set config.model from that checkpoint's preset (or its config.json).")
+        graphdef, lora, frozen = nnx.split(loaded.model, LoRAParam, ...)
+        return graphdef, lora, frozen, os.path.abspath(config.base)
 
     def create() -> tuple[nnx.State, nnx.State]:
         _, lora, frozen = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)), LoRAParam, ...)

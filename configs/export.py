@@ -1,0 +1,16 @@
+"""What launch/export.py writes from a base checkpoint and a LoRA adapter (paths are flags: --base, --adapter...)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Comma-separated: peft (LoRA adapter directory), merged (full bf16 HF model), gguf_f16, gguf_q8_0.
+    config.formats = "peft,merged,gguf_q8_0"
+    config.dtype = "bfloat16"  # of the merged model's weights
+    config.max_shard_gb = 5.0  # merged safetensors shards at most this size
+    # The base model's Hub id, recorded in adapter_config.json and the model card ('' = the --base directory's name).
+    config.base_model = ""
+    config.name = "devstral-elixir"  # GGUF general.name and file stem
+    config.overwrite = False  # replace existing outputs (each is still written whole, then swapped in)
+    return config

@@ -1,0 +1,158 @@
+"""GGUF files for llama.cpp and Ollama, written with the `gguf` package as llama.cpp's own converter would.
+
+Devstral is the `llama` architecture to llama.cpp: the same metadata keys (with `key_length` = head_dim,
+since Devstral's 32 x 128 query width differs from its hidden size 5120), tensors named `blk.N.attn_q`
+etc. (the `gguf` package's own name map), and q/k rows in interleaved RoPE order (llama.cpp rotates
+pairs), i.e. HF's weights permuted back as in Mistral's consolidated format. Norms stay float32; the
+matrices are F16 or Q8_0 (blocks of 32 weights sharing one f16 scale, 8.5 bits per weight). The
+tokenizer is Tekken as llama.cpp reads it: a byte-level BPE (`gpt2` model, `tekken` pre-tokenizer)
+whose tokens, types and merges come from `tekken.json` through gguf's `MistralVocab`.
+
+Tensors arrive as a stream (see export.py), so a 24B model converts with a few tensors in memory; the
+file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import gguf
+import numpy as np
+from gguf.vocab import MistralVocab
+from tqdm import tqdm
+
+from devstral_jax.config import ModelConfig
+from devstral_jax.hf import consolidated
+from devstral_jax.hf.atomic import atomic_file
+from devstral_jax.hf.export import ExportError
+from devstral_jax.hf.param_map import hf_shapes, param_names
+
+# Our name -> (tensor type of the matrices, llama.cpp's file type).
+OUTTYPES = {
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+
+
+def save_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], *,
+              tokenizer: str, outtype: str = "q8_0", name: str = "devstral-elixir", overwrite: bool = False,
+              progress: bool = True) -> None:
+    """Writes a GGUF file from an HF tensor stream (`param_names` order) and a `tekken.json`."""
+    if outtype not in OUTTYPES:
+        raise ExportError(f"Unknown GGUF type {outtype!r}; choose one of {sorted(OUTTYPES)}.")
+    matrix_type, file_type = OUTTYPES[outtype]
+    if config.sliding_window is not None:
+        logging.warning("llama.cpp's llama architecture has no sliding window: the GGUF attends over the whole "
+                        "context (exact only up to sliding_window=%d tokens).", config.sliding_window)
+    names = param_names(config)
+    shapes = hf_shapes(config)
+    gguf_names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_layers)
+    types = {name.hf_name: _tensor_type(shapes[name.hf_name], matrix_type) for name in names}
+
+    with atomic_file(path, overwrite) as tmp:
+        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        try:
+            _add_metadata(writer, config, name, file_type)
+            _add_tokenizer(writer, tokenizer, config.vocab_size)
+            for n in names:
+                kind = types[n.hf_name]
+                writer.add_tensor_info(_gguf_name(gguf_names, n.module), *_stored_layout(shapes[n.hf_name], kind),
+                                       raw_dtype=kind)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            stream = iter(tensors)
+            for n in tqdm(names, desc=f"writing {os.path.basename(path)}", disable=not progress):
+                hf_name, tensor = next(stream, (None, None))
+                if hf_name != n.hf_name:
+                    raise ExportError(f"The tensor stream gave {hf_name} where {n.hf_name} belongs.")
+                writer.write_tensor_data(_encode(hf_name, tensor, consolidated.rope_heads(n, config), types[hf_name]))
+        finally:
+            writer.close()
+
+
+_NUMPY = {gguf.GGMLQuantizationType.F32: np.dtype(np.float32), gguf.GGMLQuantizationType.F16: np.dtype(np.float16)}
+
+
+def _tensor_type(shape: tuple[int, ...], matrix_type: gguf.GGMLQuantizationType) -> gguf.GGMLQuantizationType:
+    """Vectors (norms) stay F32; a matrix whose rows do not split into Q8_0 blocks falls back to F16 (as in
+    llama.cpp's converter)."""
+    if len(shape) == 1:
+        return gguf.GGMLQuantizationType.F32
+    block, _ = gguf.GGML_QUANT_SIZES[matrix_type]
+    return matrix_type if shape[-1] % block == 0 else gguf.GGMLQuantizationType.F16
+
+
+def _stored_layout(shape: tuple[int, ...], kind: gguf.GGMLQuantizationType) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, numpy dtype, bytes) of a tensor as written: Q8_0 blocks are raw uint8 rows."""
+    if kind == gguf.GGMLQuantizationType.Q8_0:
+        byte_shape = gguf.quant_shape_to_byte_shape(shape, kind)
+        return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape))
+    return shape, _NUMPY[kind], int(np.prod(shape)) * _NUMPY[kind].itemsize
+
+
+def _gguf_name(name_map: gguf.TensorNameMap, module: str) -> str:
+    gguf_module = name_map.get_name(module)
+    if gguf_module is None:
+        raise ExportError(f"gguf has no llama tensor name for {module}.")
+    return f"{gguf_module}.weight"
+
+
+def _encode(name: str, tensor: np.ndarray, rope_heads: int | None, kind: gguf.GGMLQuantizationType) -> np.ndarray:
+    """HF `[out, in]` tensor -> GGUF bytes/values: q/k rows interleaved, then cast or quantized."""
+    values = np.asarray(tensor, np.float32)
+    if rope_heads:
+        values = consolidated.to_interleaved(values, rope_heads)
+    encoded = gguf.quants.quantize(values, kind) if kind == gguf.GGMLQuantizationType.Q8_0 else \
+        values.astype(_NUMPY[kind])
+    if not np.isfinite(values).all() or (kind == gguf.GGMLQuantizationType.F16 and not np.isfinite(encoded).all()):
+        raise ExportError(f"Tensor {name} has non-finite values (or overflows {kind.name}); refusing to export it.")
+    return encoded
+
+
+def _add_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str, file_type: int) -> None:
+    writer.add_name(name)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_block_count(config.num_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_heads)
+    writer.add_head_count_kv(config.num_kv_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_tokenizer(writer: gguf.GGUFWriter, tekken_file: str, vocab_size: int) -> None:
+    """Tekken as llama.cpp's converter writes it (gguf's MistralVocab reads a directory holding tekken.json)."""
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copy(tekken_file, os.path.join(directory, "tekken.json"))
+        vocab = MistralVocab(Path(directory))
+        tokens, scores, token_types = zip(*vocab.all_tokens())
+        merges = vocab.extract_vocab_merges_from_model()
+    if len(tokens) != vocab_size:
+        raise ExportError(f"{tekken_file} has {len(tokens)} tokens but the model's vocabulary is {vocab_size}; "
+                          "llama.cpp needs them equal.")
+    writer.add_tokenizer_model(vocab.gguf_tokenizer_model)
+    writer.add_tokenizer_pre("tekken")
+    writer.add_token_list(list(tokens))
+    writer.add_token_scores([float(score) for score in scores])
+    writer.add_token_types(list(token_types))
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(vocab.bos_id)
+    writer.add_eos_token_id(vocab.eos_id)
+    writer.add_unk_token_id(vocab.unk_id)
+    writer.add_pad_token_id(vocab.pad_id)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)

@@ -1,0 +1,77 @@
+"""launch/evaluate.py end to end: scoring given completions, sampling from random tiny weights, and its errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.eval.conftest import COMPLETIONS, SAMPLE_BENCHMARK
+from tests.eval.test_benchmarks import LIBRARY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _evaluate(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch/evaluate.py", "--config=configs/eval_tiny_cpu.py",
+                           "--config.eval.timeout=3", *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_scores_a_completions_file(tmp_path):
+    result = _evaluate(f"--completions={COMPLETIONS}", f"--benchmark={SAMPLE_BENCHMARK}", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == len(COMPLETIONS.read_text().splitlines())
+    assert {row["status"] for row in rows} == {"OK", "AssertionError", "SyntaxError", "Exception", "Timeout"}
+    summary = json.loads((tmp_path / "summary.json").read_text())["benchmarks"]["humaneval_ex_completions"]
+    assert summary["problems"] == 16 and summary["statuses"]["OK"] == 16
+    # 13 problems pass their only sample; 3 pass 1 of 8 (the other 7 are the failing kinds).
+    assert summary["pass@k"] == {"pass@1": (13 + 3 / 8) / 16}
+    assert "| humaneval_ex_completions | 16 | 37 | 83.6% |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_samples_from_random_tiny_weights_with_doctests_and_perplexity(tmp_path):
+    source = {"kind": "local", "package": "geo", "version": "0", "path": "lib/geo/util.ex", "licence": "MIT",
+              "url": "file://geo"}
+    shard = tmp_path / "held_out.jsonl"
+    shard.write_text(json.dumps({"id": "1", "kind": "text", "task": "file", "split": "validation", "source": source,
+                                 "text": LIBRARY}) + "\n")
+    result = _evaluate("--model=random:tiny", f"--benchmark={SAMPLE_BENCHMARK}", f"--doctest_records={shard}",
+                       f"--perplexity_records={shard}", "--config.eval.max_problems=2",
+                       "--config.eval.max_new_tokens=8", "--config.eval.perplexity_seq_len=128",
+                       f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["benchmarks"]) == {"humaneval_ex_sample", "doctests"}
+    assert summary["benchmarks"]["doctests"]["problems"] == 1 and "chrf" in summary["benchmarks"]["doctests"]
+    assert summary["perplexity"]["tokens"] > 100 and summary["perplexity"]["perplexity"] > 1000  # random weights
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(row["completion"] is not None for row in rows)
+    assert json.loads((tmp_path / "out" / "doctests.jsonl").read_text())["reference"] == "helper(x) * by\n  end\nend\n"
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path):
+    for flags, message in [((), "Pass --model"),
+                           (("--model=random:tiny",), "Nothing to evaluate"),
+                           (("--model=random:huge", f"--benchmark={SAMPLE_BENCHMARK}"), "unknown preset"),
+                           ((f"--model={tmp_path}", f"--benchmark={SAMPLE_BENCHMARK}"), "neither a model directory"),
+                           ((f"--completions={tmp_path / 'none.jsonl'}",), "No such file"),
+                           ((f"--completions={COMPLETIONS}", f"--benchmark={tmp_path / 'none.jsonl'}"), "No such file")]:
+        result = _evaluate(*flags, f"--output_dir={tmp_path / 'out'}")
+        assert result.returncode != 0, flags
+        assert message in result.stderr and "Traceback" not in result.stderr, (flags, result.stderr[-2000:])
+
+
+def test_evaluates_a_training_workdir(tmp_path):
+    workdir = tmp_path / "run"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
+    trained = subprocess.run([sys.executable, "launch/train.py", "--config=configs/tiny_cpu.py", f"--workdir={workdir}",
+                              "--config.model.num_layers=1", "--config.data.seq_len=64", "--config.data.batch_size=2",
+                              "--config.train.loss_chunk=64", "--config.train.steps=2", "--config.train.eval_batches=1"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = _evaluate(f"--model={workdir}", f"--benchmark={SAMPLE_BENCHMARK}", "--config.eval.max_problems=1",
+                       "--config.eval.max_new_tokens=4", f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["status"] in {"OK", "AssertionError", "SyntaxError", "Exception", "Timeout"}
