@@ -16,6 +16,8 @@ import concurrent.futures
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +30,8 @@ from devstral_jax.eval.verdict import (COMPILE_ERRORS, Program, Verdict, multipl
                                        solution_warnings)
 
 SERVER = Path(__file__).with_name("executor.exs")
+# The sandbox mounts fresh, empty filesystems over these: a checkout living under one is invisible inside.
+_MASKED_BY_SANDBOX = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/lock/")
 _WORDS = 1024 * 1024 // 8  # Erlang heap words per MB
 
 log = logging.getLogger(__name__)
@@ -46,11 +50,17 @@ class ExecutionPool:
         self.timeout = timeout
         self.limits = limits
         self.boot_grace = boot_grace
-        self.sandbox: Sandbox = make_sandbox(limits, confine=confine, readable=(str(SERVER),))
+        self._staging = _staging_dir() if confine else None
+        server = SERVER
+        if self._staging is not None:
+            server = self._staging / SERVER.name
+            shutil.copyfile(SERVER, server)
+            server.chmod(0o644)
+        self.sandbox: Sandbox = make_sandbox(limits, confine=confine, readable=(str(server),))
         for warning in self.sandbox.warnings:
             log.warning(warning)
         self.restarts = 0
-        self._pool = ElixirPool(SERVER, size or os.cpu_count() or 1, args=(self.sandbox.scratch,), timeout=None,
+        self._pool = ElixirPool(server, size or os.cpu_count() or 1, args=(self.sandbox.scratch,), timeout=None,
                                 retries=0, max_requests=programs_per_worker, launcher=self.sandbox.launcher,
                                 env=self.sandbox.env)
 
@@ -102,12 +112,24 @@ class ExecutionPool:
     def close(self) -> None:
         self._pool.close()
         self.sandbox.cleanup()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> ExecutionPool:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _staging_dir() -> Path | None:
+    """A root-owned, world-readable directory outside /tmp for the server script, when the checkout lives
+    somewhere the sandbox hides (e.g. a clone under /tmp); None when the script is visible where it is."""
+    if not str(SERVER.resolve()).startswith(_MASKED_BY_SANDBOX) or os.geteuid() != 0 or not os.path.isdir("/var/lib"):
+        return None
+    staging = Path(tempfile.mkdtemp(prefix="devstral-eval-", dir="/var/lib"))
+    staging.chmod(0o755)
+    return staging
 
 
 def _verdict(reply: dict, program: Program, seconds: float) -> Verdict:
