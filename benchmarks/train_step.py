@@ -16,7 +16,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from devstral_jax import sharding
@@ -52,8 +52,7 @@ def main(argv: list[str]) -> None:
                 targets=rng.integers(0, model_config.vocab_size, shape, dtype=np.int32),
                 loss_mask=np.ones(shape, np.int32), segment_ids=np.ones(shape, np.int32),
                 positions=np.broadcast_to(np.arange(d.seq_len, dtype=np.int32), shape).copy())
-    target = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES, None))
-    batch = {k: jax.device_put(v, target) for k, v in host.items()}
+    batch = sharding.place_batch(host, mesh)
 
     compile_start = time.perf_counter()
     compiled = step.lower(state, frozen, batch).compile()

@@ -93,9 +93,15 @@ def state_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(sharding, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Batches `[batch, seq, ...]` split over ('data', 'fsdp') on the batch dimension."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A train-step batch `[microbatches, rows, seq]`: rows split over the data-parallel axes."""
+    return NamedSharding(mesh, P(None, BATCH_AXES, None))
+
+
+def place_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows of a batch -> global arrays sharded by `batch_sharding` (one or many processes)."""
+    target = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(target, v) for k, v in batch.items()}
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,

@@ -56,9 +56,7 @@ def step_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     return step, jax.device_put(state, state_shardings), frozen, graphdef
 
 
-def place(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    target = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES, None))
-    return {k: jax.make_array_from_process_local_data(target, v) for k, v in batch.items()}
+place = sharding.place_batch
 
 
 def lora_arrays(state) -> list[np.ndarray]:

@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from devstral_jax import sharding
 from devstral_jax.train.loss import chunked_loss_sum
@@ -108,16 +107,11 @@ def make_eval_step(graphdef: nnx.GraphDef, chunk_size: int) -> Callable[[nnx.Sta
     return eval_step
 
 
-def batch_shardings(mesh: Mesh) -> NamedSharding:
-    """A `[microbatches, rows, seq]` batch: rows split over the data-parallel axes."""
-    return NamedSharding(mesh, P(None, sharding.BATCH_AXES, None))
-
-
 def jit_train_step(step: Callable, state: TrainState, frozen: nnx.State, mesh: Mesh) -> tuple[Callable, Any]:
     """The step under `jax.jit` with explicit shardings and the train state donated.
     Returns (jitted step, state shardings) for placing the state."""
     state_shardings = sharding.state_shardings(state, mesh)
     frozen_shardings = sharding.state_shardings(frozen, mesh)
-    jitted = jax.jit(step, in_shardings=(state_shardings, frozen_shardings, batch_shardings(mesh)),
+    jitted = jax.jit(step, in_shardings=(state_shardings, frozen_shardings, sharding.batch_sharding(mesh)),
                      out_shardings=(state_shardings, None), donate_argnums=(0,))
     return jitted, state_shardings

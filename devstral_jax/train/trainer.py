@@ -19,9 +19,7 @@ import zlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
@@ -134,11 +132,6 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _place_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    target = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES, None))
-    return {k: jax.make_array_from_process_local_data(target, v) for k, v in batch.items()}
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Trains (or resumes training) to `config.train.steps` steps in `workdir`; multi-stage configs run each
     stage in `workdir/<stage name>`."""
@@ -223,7 +216,7 @@ def _train_single(config: ml_collections.ConfigDict, workdir: str) -> TrainResul
         stop_at = min(config.train.stop_at or config.train.steps, config.train.steps)
         for step in range(start_step, stop_at):
             host_batch = next(train_iter)
-            state, metrics = step_fn(state, frozen, _place_batch(host_batch, mesh))
+            state, metrics = step_fn(state, frozen, sharding.place_batch(host_batch, mesh))
             if int(state.bad_steps_in_a_row) >= config.train.max_bad_steps:
                 raise TrainingError(f"{config.train.max_bad_steps} non-finite steps in a row at step {step + 1} "
                                     "(loss or gradient NaN/Inf): lower optim.learning_rate or check the data.")
@@ -275,7 +268,7 @@ def evaluate(eval_fn, lora: nnx.State, frozen: nnx.State, config: ml_collections
             batch = next(data)
         except StopIteration:
             break
-        loss, tokens = eval_fn(lora, frozen, _place_batch(batch, mesh))
+        loss, tokens = eval_fn(lora, frozen, sharding.place_batch(batch, mesh))
         total, count = total + float(loss), count + float(tokens)
     if count == 0:
         raise TrainingError("The validation data gave no batch: add validation records (split 'validation') or "
