@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
         ks=(1, 10),
         timeout=5.0,
         workers=0,
-        confine=True,
+        sandbox="required",  # OS sandbox or refuse to run; "best_effort": rlimits only where it is missing
         max_problems=0,
         max_doctest_problems=500,
         perplexity_seq_len=2048,

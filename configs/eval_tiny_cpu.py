@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
         ks=(1, 10, 100),  # pass@k reported for each k <= num_samples
         timeout=5.0,  # seconds per program (MultiPL-E: 5)
         workers=0,  # execution workers; 0 = one per CPU core
-        confine=True,  # OS sandbox (namespaces, unprivileged user) where the machine allows it
+        sandbox="required",  # OS sandbox or refuse to run; "best_effort": rlimits only where it is missing
         max_problems=0,  # per benchmark; 0 = all
         max_doctest_problems=200,
         perplexity_seq_len=512,

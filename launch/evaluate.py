@@ -33,6 +33,7 @@ from devstral_jax.eval import doctests, metrics, report
 from devstral_jax.eval.benchmarks import BenchmarkError, Problem, load_completions, load_problems
 from devstral_jax.eval.perplexity import perplexity
 from devstral_jax.eval.pool import ExecutionPool
+from devstral_jax.eval.sandbox import SandboxUnavailable
 from devstral_jax.hf.load import load as load_hf
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
@@ -145,7 +146,11 @@ def main(argv: list[str]) -> None:
         print(f"model: {_MODEL.value} ({model.config.num_params:,} parameters) on {jax.devices()[0].platform}")
 
     summaries: dict[str, dict] = {}
-    with ExecutionPool(settings.workers or None, timeout=settings.timeout, confine=settings.confine) as pool:
+    try:
+        pool = ExecutionPool(settings.workers or None, timeout=settings.timeout, sandbox=settings.sandbox)
+    except (SandboxUnavailable, ValueError) as error:
+        raise app.UsageError(str(error)) from None
+    with pool:
         print(f"execution pool: {pool.size} workers, {'sandboxed' if pool.sandbox.isolated else 'UNCONFINED'}")
         if _DOCTEST_RECORDS.value:
             try:

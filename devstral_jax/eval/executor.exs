@@ -155,17 +155,14 @@ defmodule DevstralEval.Cleanup do
     }
   end
 
-  @doc "Kills processes started since `snap` whose group leader is one of `leaders` (the program's own)."
-  def kill_program_processes(snap, leaders) do
-    kill_until_gone(fn -> for pid <- new_processes(snap), group_leader(pid) in leaders, do: pid end)
-  end
-
-  def restore(snap) do
+  @doc "Puts back what `snap` recorded; `leaders` are the program's IO devices (its processes' group leaders)."
+  def restore(snap, leaders) do
     :elixir_config.put(:at_exit, [])
     started = for {app, _, _} <- Application.started_applications(), do: app
     for app <- started -- snap.started, do: Application.stop(app)
     # Whatever is still new and is not an OTP service started on demand (e.g. the timer server) goes.
-    converged = kill_until_gone(fn -> for pid <- new_processes(snap), not system_service?(pid, snap), do: pid end)
+    converged =
+      kill_until_gone(fn -> for pid <- new_processes(snap), not system_service?(pid, snap, leaders), do: pid end)
     for {app, _, _} <- Application.loaded_applications(), app not in snap.loaded, do: Application.unload(app)
     for {app, env} <- snap.app_env, do: restore_app_env(app, env)
     restore_os_env(snap.os_env)
@@ -180,28 +177,34 @@ defmodule DevstralEval.Cleanup do
   end
 
   @doc """
-  What was loaded when the server started (modules and where from, and the md5 of the in-memory ones),
-  and the names of every module on the code path.
+  The modules the server may keep: every module loaded now, with its md5 (a redefinition changes it), kept in
+  the server's dictionary and grown by `purge_modules/1` as modules load on demand from `dirs`; `dirs` are the
+  code path's absolute directories (read-only in the sandbox; "." and the scratch directory are not among them);
+  `on_path` names every module those directories hold.
   """
-  def boot_modules do
-    loaded = Map.new(:code.all_loaded())
+  def record_boot_modules(scratch_root) do
+    dirs = for dir <- :code.get_path(), dir = List.to_string(dir), Path.type(dir) == :absolute, dir = Path.expand(dir),
+               not String.starts_with?(dir, Path.expand(scratch_root)), into: MapSet.new(), do: dir
+
+    Process.put(:known_modules, Map.new(:erlang.loaded(), &{&1, &1.module_info(:md5)}))
 
     %{
-      loaded: loaded,
-      md5: for({module, []} <- loaded, into: %{}, do: {module, module.module_info(:md5)}),
-      on_path: for(dir <- :code.get_path(), {:ok, files} = File.ls(dir), file <- files,
+      dirs: dirs,
+      on_path: for(dir <- dirs, {:ok, files} = File.ls(dir), file <- files,
                    Path.extname(file) == ".beam", into: MapSet.new(), do: Path.rootname(file))
     }
   end
 
-  @doc "Purges the modules a program defined; names the modules it redefined (its result can't be trusted then)."
+  @doc """
+  Purges the modules a program defined (loaded since the last program and not from the code path) and names
+  the known modules it redefined or removed, and the modules of the code path it shadowed: its result can't be
+  trusted then.
+  """
   def purge_modules(boot) do
-    defined = for {module, from} <- :code.all_loaded(), Map.get(boot.loaded, module) != from, not on_disk?(from), do: module
-
-    shadowed =
-      for module <- defined,
-          Map.has_key?(boot.loaded, module) or MapSet.member?(boot.on_path, Atom.to_string(module)),
-          do: inspect(module)
+    known = Process.get(:known_modules)
+    {from_path, defined} = :erlang.loaded() |> Enum.reject(&is_map_key(known, &1)) |> Enum.split_with(&from_path?(&1, boot))
+    Process.put(:known_modules, Map.merge(known, Map.new(from_path, &{&1, &1.module_info(:md5)})))
+    shadowed = for module <- defined, MapSet.member?(boot.on_path, Atom.to_string(module)), do: inspect(module)
 
     for module <- defined do
       # delete makes the current code old (it fails if old code is left from a redefinition: purge that first).
@@ -213,31 +216,29 @@ defmodule DevstralEval.Cleanup do
       :code.purge(module)
     end
 
-    changed = for {module, md5} <- boot.md5, module.module_info(:md5) != md5, do: inspect(module)
+    changed = for {module, md5} <- known, md5_of(module) != md5, do: inspect(module)
     shadowed ++ changed
   end
 
-  # Memoized in the server's dictionary: modules loaded on demand from the code path are checked once.
-  defp on_disk?(from) when is_list(from) and from != [] do
-    with nil <- Process.get({:on_disk, from}) do
-      Process.put({:on_disk, from}, File.regular?(List.to_string(from)))
-      Process.get({:on_disk, from})
+  defp from_path?(module, boot) do
+    case :code.is_loaded(module) do
+      {:file, path} when is_list(path) and path != [] -> MapSet.member?(boot.dirs, path |> List.to_string() |> Path.dirname() |> Path.expand())
+      _ -> false
     end
   end
 
-  defp on_disk?(_from), do: false
+  # A module the program deleted may be reloaded from disk here (and then matches); one that can't be is gone.
+  defp md5_of(module) do
+    module.module_info(:md5)
+  rescue
+    UndefinedFunctionError -> :gone
+  end
 
   defp new_processes(snap), do: Enum.reject(Process.list(), &MapSet.member?(snap.processes, &1))
 
-  defp group_leader(pid) do
-    case Process.info(pid, :group_leader) do
-      {:group_leader, leader} -> leader
-      nil -> nil
-    end
-  end
-
-  # An OTP service started on demand under a pre-existing supervisor (its first ancestor existed before).
-  defp system_service?(pid, snap) do
+  # An OTP service started on demand under a pre-existing supervisor (its first ancestor existed before), and
+  # not writing to the program's output.
+  defp system_service?(pid, snap, leaders) do
     case Process.info(pid, [:group_leader, :dictionary]) do
       [group_leader: leader, dictionary: dictionary] ->
         ancestor =
@@ -247,7 +248,8 @@ defmodule DevstralEval.Cleanup do
             _ -> nil
           end
 
-        MapSet.member?(snap.processes, leader) and ancestor != nil and MapSet.member?(snap.processes, ancestor)
+        leader not in leaders and MapSet.member?(snap.processes, leader) and ancestor != nil and
+          MapSet.member?(snap.processes, ancestor)
 
       nil ->
         true
@@ -350,7 +352,9 @@ defmodule DevstralEval.Server do
     File.mkdir_p!(scratch)
     File.cd!(scratch)
     :logger.set_module_level(:application_controller, :warning)
-    boot_modules = Cleanup.boot_modules()
+    # Loaded once here rather than by each program's ExUnit.start (its environment is restored after each).
+    Application.load(:ex_unit)
+    boot_modules = Cleanup.record_boot_modules(scratch_root)
     os_processes = if OsProcesses.isolated?(), do: OsProcesses.list(), else: nil
     ElixirWorker.serve(fn request -> handle(request, scratch, boot_modules, os_processes) end)
   end
@@ -360,8 +364,8 @@ defmodule DevstralEval.Server do
     File.mkdir_p!(dir)
     path = Path.join(dir, request["file"])
     File.write!(path, request["source"])
-    snap = Cleanup.snapshot()
     {out, err} = {Capture.start(@output_limit), Capture.start(@output_limit)}
+    snap = Cleanup.snapshot()
     standard_error = Process.whereis(:standard_error)
     Process.unregister(:standard_error)
     Process.register(err, :standard_error)
@@ -377,11 +381,12 @@ defmodule DevstralEval.Server do
       end
 
     elapsed_ms = (System.monotonic_time(:microsecond) - started) / 1000
-    Cleanup.kill_program_processes(snap, [out, err])
-    {stdout, stderr} = {Capture.contents(out), Capture.contents(err)}
     # A file whose loading raised stays locked in Elixir's code server; unrequiring it releases it.
     Code.unrequire_files([path])
-    stuck = Cleanup.restore(snap)
+    # Every process the program started is gone after this, so its output is complete.
+    stuck = Cleanup.restore(snap, [out, err])
+    {stdout, stderr} = {Capture.contents(out), Capture.contents(err)}
+    Enum.each([out, err], &Process.exit(&1, :kill))
     shadowed = Cleanup.purge_modules(boot_modules)
     Cleanup.flush_mailbox()
     Enum.each(File.ls!(scratch), &File.rm_rf!(Path.join(scratch, &1)))

@@ -25,7 +25,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from devstral_jax.elixir_worker import ElixirPool, ElixirWorker, WorkerCrashed, WorkerError, WorkerTimeout
-from devstral_jax.eval.sandbox import Limits, Sandbox, make_sandbox
+from devstral_jax.eval.sandbox import Limits, Sandbox, SandboxUnavailable, make_sandbox
 from devstral_jax.eval.verdict import (COMPILE_ERRORS, Program, Verdict, multiple_status, raised_exception,
                                        solution_warnings)
 
@@ -41,8 +41,10 @@ class ExecutionPool:
     """`size` sandboxed workers (default: one per core). Thread-safe; `run` keeps them all busy."""
 
     def __init__(self, size: int | None = None, *, timeout: float = 5.0, limits: Limits = Limits(),
-                 confine: bool = True, programs_per_worker: int = 500, boot_grace: float = 30.0):
+                 sandbox: str = "required", programs_per_worker: int = 500, boot_grace: float = 30.0):
         """`timeout`: seconds a program may run (MultiPL-E: 5 s for `elixir file.exs`, VM start included).
+        `sandbox`: "required" (raise SandboxUnavailable where the OS sandbox can't be had), "best_effort"
+        (then run with rlimits only, with a warning) or "off" (see sandbox.py).
         `programs_per_worker`: a worker is restarted after this many, bounding what a VM accumulates (atoms).
         `boot_grace`: extra seconds the host waits for a worker before declaring it hung (a VM start included)."""
         if timeout <= 0:
@@ -50,13 +52,17 @@ class ExecutionPool:
         self.timeout = timeout
         self.limits = limits
         self.boot_grace = boot_grace
-        self._staging = _staging_dir() if confine else None
+        self._staging = _staging_dir() if sandbox != "off" else None
         server = SERVER
         if self._staging is not None:
             server = self._staging / SERVER.name
             shutil.copyfile(SERVER, server)
             server.chmod(0o644)
-        self.sandbox: Sandbox = make_sandbox(limits, confine=confine, readable=(str(server),))
+        try:
+            self.sandbox: Sandbox = make_sandbox(limits, mode=sandbox, readable=(str(server),))
+        except (SandboxUnavailable, ValueError):
+            self._remove_staging()
+            raise
         for warning in self.sandbox.warnings:
             log.warning(warning)
         self.restarts = 0
@@ -112,6 +118,9 @@ class ExecutionPool:
     def close(self) -> None:
         self._pool.close()
         self.sandbox.cleanup()
+        self._remove_staging()
+
+    def _remove_staging(self) -> None:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
 

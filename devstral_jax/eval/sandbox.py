@@ -7,8 +7,10 @@ With root and `unshare` (Linux namespaces), each worker gets:
     empty /var/tmp, /dev/shm and /run/lock, and every other mount (/, /work, ...) remounted read-only;
   - an unprivileged user (`nobody`), no capabilities, `no_new_privs`, a clean environment;
   - rlimits: address space (so one huge allocation kills only this VM), processes, file size, no core dumps.
-Without them (not root, or no user namespaces) the worker runs as the current user with the rlimits only,
-and `Sandbox.warnings` says what is missing. See README, "What the sandbox does and does not stop".
+Where that is impossible (not root, no namespaces) the mode decides: "required" (the default) refuses to
+run anything and says why; "best_effort" runs the worker as the current user with the rlimits only and
+`Sandbox.warnings` says what is missing; "off" always does that (debugging). See README, "What the
+sandbox does and does not stop".
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ exec env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp/scratch TMPDIR=/tmp/scra
 """
 
 SCRATCH_IN_SANDBOX = "/tmp/scratch"
+MODES = ("required", "best_effort", "off")
+
+
+class SandboxUnavailable(RuntimeError):
+    """The OS sandbox was required and this machine cannot provide it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +89,19 @@ def rlimits(limits: Limits) -> list[str]:
             f"--fsize={limits.file_size_mb * mb}", "--core=0", "--"]
 
 
-def make_sandbox(limits: Limits = Limits(), user: str = "nobody", confine: bool = True,
+def make_sandbox(limits: Limits = Limits(), user: str = "nobody", mode: str = "required",
                  readable: tuple[str, ...] = ()) -> Sandbox:
-    """The strongest confinement this machine allows (`confine=False`: rlimits only, e.g. for debugging).
-    `readable`: files the confined user must be able to read (the server script)."""
-    problem = _why_not_confinable(user, tuple(os.path.abspath(p) for p in readable)) if confine else \
-        "confinement was switched off"
+    """The confinement `mode` asks for (see the module docstring); `readable`: files the confined user must be
+    able to read (the server script). Raises SandboxUnavailable when "required" cannot be met."""
+    if mode not in MODES:
+        raise ValueError(f"sandbox mode must be one of {', '.join(MODES)}; got {mode!r}.")
+    problem = _why_not_confinable(user, tuple(os.path.abspath(p) for p in readable)) if mode != "off" else \
+        "the sandbox was switched off"
+    if problem is not None and mode == "required":
+        raise SandboxUnavailable(
+            f"Cannot sandbox the Elixir programs: {problem}. Run as root on Linux with `unshare` (util-linux) "
+            "and a `nobody` user, or accept running model-written code with time, heap and rlimits only "
+            "(sandbox mode \"best_effort\", e.g. --config.eval.sandbox=best_effort).")
     prlimit = rlimits(limits) if shutil.which("prlimit") else []
     if problem is None:
         account = pwd.getpwnam(user)

@@ -56,7 +56,9 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
                            (("--model=random:huge", f"--benchmark={SAMPLE_BENCHMARK}"), "unknown preset"),
                            ((f"--model={tmp_path}", f"--benchmark={SAMPLE_BENCHMARK}"), "neither a model directory"),
                            ((f"--completions={tmp_path / 'none.jsonl'}",), "No such file"),
-                           ((f"--completions={COMPLETIONS}", f"--benchmark={tmp_path / 'none.jsonl'}"), "No such file")]:
+                           ((f"--completions={COMPLETIONS}", f"--benchmark={tmp_path / 'none.jsonl'}"), "No such file"),
+                           ((f"--completions={COMPLETIONS}", f"--benchmark={SAMPLE_BENCHMARK}", "--config.eval.sandbox=sometimes"),
+                            "sandbox mode must be")]:
         result = _evaluate(*flags, f"--output_dir={tmp_path / 'out'}")
         assert result.returncode != 0, flags
         assert message in result.stderr and "Traceback" not in result.stderr, (flags, result.stderr[-2000:])

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from devstral_jax.eval.reference_run import run_elixir_file
+from devstral_jax.eval.sandbox import SandboxUnavailable, make_sandbox
 from devstral_jax.eval.verdict import Program
 
 TIMEOUT = 3.0  # the pool fixture's
@@ -122,3 +123,15 @@ def test_a_program_that_redefines_the_test_runner_cannot_pass(pool):
     assert not verdict.passed and verdict.error.startswith("redefined ExUnit.Runner")
     assert pool.run_one(Program("ExUnit.start()\ndefmodule T do\n  use ExUnit.Case\n  test \"x\", do: assert 1 == 1\n"
                                 "end\n")).passed
+
+
+def test_a_required_sandbox_that_cannot_be_had_refuses_and_best_effort_warns():
+    with pytest.raises(SandboxUnavailable, match="no user 'no-such-user-x'.*best_effort"):
+        make_sandbox(user="no-such-user-x", mode="required")
+    fallback = make_sandbox(user="no-such-user-x", mode="best_effort")
+    try:
+        assert not fallback.isolated and "UNCONFINED" in fallback.warnings[0]
+    finally:
+        fallback.cleanup()
+    with pytest.raises(ValueError, match="sandbox mode must be one of"):
+        make_sandbox(mode="sometimes")
