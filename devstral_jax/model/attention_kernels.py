@@ -3,7 +3,11 @@
 A kernel takes rotated q `[B, T, H, D]`, k and v `[B, S, K, D]` (K KV heads shared by H/K query heads
 each) and the masking *inputs* — positions and segment ids — rather than a materialised mask, so
 blockwise kernels (Pallas splash/flash attention, cuDNN) can skip masked blocks. Register one in
-`KERNELS` and select it with `ModelConfig.attention_impl`.
+`KERNELS` and select it with `ModelConfig.attention_impl`:
+
+  xla      the reference: materialises [B, H, T, S] scores.
+  chunked  blockwise with an online softmax and a recomputing backward (chunked_attention.py): O(T) memory,
+           for long sequences.
 """
 
 from __future__ import annotations
@@ -13,24 +17,14 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 
+from devstral_jax.model.chunked_attention import chunked_attention
+from devstral_jax.model.masking import attention_mask
+
 
 class AttentionKernel(Protocol):
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array,
                  kv_positions: jax.Array, q_segment_ids: jax.Array, kv_segment_ids: jax.Array,
                  sliding_window: int | None) -> jax.Array: ...
-
-
-def attention_mask(q_positions: jax.Array, kv_positions: jax.Array, q_segment_ids: jax.Array,
-                   kv_segment_ids: jax.Array, sliding_window: int | None) -> jax.Array:
-    """`[B, T, S]` booleans: same segment (document), causal, and within the sliding window if any.
-
-    Positions restart per document in packed rows, so within a segment position order is index order.
-    """
-    q_pos, kv_pos = q_positions[:, :, None], kv_positions[:, None, :]
-    mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (kv_pos <= q_pos)
-    if sliding_window is not None:
-        mask &= q_pos - kv_pos < sliding_window  # transformers: the last `sliding_window` tokens, self included
-    return mask
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array, kv_positions: jax.Array,
@@ -47,7 +41,7 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.
     return out.reshape(batch, q_len, num_heads, head_dim)
 
 
-KERNELS: dict[str, AttentionKernel] = {"xla": xla_attention}
+KERNELS: dict[str, AttentionKernel] = {"xla": xla_attention, "chunked": chunked_attention}
 
 
 def get_kernel(name: str) -> AttentionKernel:
