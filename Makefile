@@ -36,7 +36,11 @@ demo: $(VENV)/.installed elixir
 	$(PY) launch/train.py --config=configs/tiny_cpu.py --workdir=$(DEMO) --config.train.stop_at=75
 	$(PY) launch/train.py --config=configs/tiny_cpu.py --workdir=$(DEMO)
 	$(PY) launch/generate.py --config=configs/tiny_cpu.py --workdir=$(DEMO)
-	@echo "demo outputs: $(DEMO)/checkpoints, $(DEMO)/metrics.jsonl, $(DEMO)/tensorboard, $(DEMO)/loss.png"
+	# The trained model's completions run against the tests (rlimits only where the machine can't sandbox).
+	$(PY) launch/evaluate.py --config=configs/eval_tiny_cpu.py --model=$(DEMO) \
+	    --benchmark=tests/eval/data/humaneval_ex_sample.jsonl --output_dir=$(DEMO)/eval \
+	    --config.eval.sandbox=best_effort
+	@echo "demo outputs: $(DEMO)/checkpoints, $(DEMO)/metrics.jsonl, $(DEMO)/tensorboard, $(DEMO)/loss.png, $(DEMO)/eval"
 
 clean:
 	rm -rf $(VENV) .pytest_cache
