@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -87,11 +88,11 @@ def main(argv: list[str]) -> None:
     for row in rows:
         print(f"{row['batch']:>6}{row['prefill_seconds']:>12.3f}{row['decode_tokens_per_s']:>15.1f}"
               f"{row['ms_per_decode_step']:>10.2f}{row['tokens_per_s']:>12.1f}")
-    out = _OUT.value or os.path.join(os.path.dirname(__file__), "results",
-                                     f"sampler_{device.platform}_{_PRESET.value}_{_STORAGE.value}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    name = f"sampler_{device.platform}_{_PRESET.value}_{_STORAGE.value}.json"
+    out = Path(_OUT.value or Path(__file__).parent / "results" / name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "
+")
     print(f"wrote {out}")
 
 
