@@ -105,14 +105,19 @@ def test_adversarial_completions_never_pass_leave_no_trace_and_the_pool_keeps_se
 def test_programs_are_isolated_from_each_other(pool):
     first = Program('defmodule Leftover do\n  def here, do: :yes\nend\n:persistent_term.put(:leak, 1)\n'
                     'Process.register(spawn(fn -> Process.sleep(:infinity) end), :lingering)\n'
-                    'System.put_env("LEAK", "1")\nApplication.put_env(:elixir, :leak, 1)\nFile.write!("note", "x")\n')
+                    'System.put_env("LEAK", "1")\nApplication.put_env(:elixir, :leak, 1)\nFile.write!("note", "x")\n'
+                    # A module loaded from a .beam file the program wrote: on disk, but not on the code path.
+                    '{:module, _, beam, _} = defmodule FromDisk do\n  def here, do: :yes\nend\n'
+                    'File.write!("Elixir.FromDisk.beam", beam)\n'
+                    ':code.purge(FromDisk)\n:code.delete(FromDisk)\n:code.purge(FromDisk)\n'
+                    '{:module, FromDisk} = :code.load_abs(String.to_charlist(Path.expand("Elixir.FromDisk")))\n')
     probe = Program('IO.inspect({Code.ensure_loaded?(Leftover), :persistent_term.get(:leak, nil), '
                     'Process.whereis(:lingering), System.get_env("LEAK"), Application.get_env(:elixir, :leak), '
-                    'File.exists?("note")})\n')
+                    'File.exists?("note"), :code.is_loaded(FromDisk)})\n')
     assert pool.run_one(first).passed
     # Each worker runs the probe at least once after the first program (the pool has two).
     for verdict in pool.run([probe] * 4):
-        assert verdict.passed and verdict.stdout.strip() == "{false, nil, nil, nil, nil, false}", verdict
+        assert verdict.passed and verdict.stdout.strip() == "{false, nil, nil, nil, nil, false, false}", verdict
 
 
 def test_a_program_that_redefines_the_test_runner_cannot_pass(pool):
