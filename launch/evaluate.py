@@ -8,9 +8,10 @@
         [--benchmark=humaneval-elixir.jsonl] --output_dir=eval_out   # score given completions, no model
 
 Writes to --output_dir: results.jsonl (every sample: completion, verdict, time, output), summary.json (all
-metrics per benchmark), report.md (a table) and pass_at_k.png. Benchmarks are MultiPL-E JSONL files
-(see devstral_jax/eval/benchmarks.py); --doctest_records builds the doctest benchmark from the data
-pipeline's held-out (validation) records and saves it as doctests.jsonl for reuse.
+metrics per benchmark), report.md (a table) and pass_at_k.png; samples/<benchmark>.jsonl keeps each finished
+generation batch, so rerunning the same command after an interruption samples only what is missing.
+Benchmarks are MultiPL-E JSONL files (see devstral_jax/eval/benchmarks.py); --doctest_records builds the
+doctest benchmark from the data pipeline's held-out (validation) records and saves it as doctests.jsonl.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from devstral_jax.eval import doctests, metrics, report
 from devstral_jax.eval.benchmarks import BenchmarkError, Problem, load_completions, load_problems
 from devstral_jax.eval.perplexity import perplexity
 from devstral_jax.eval.pool import ExecutionPool
+from devstral_jax.eval.sample_store import SampleStore, StaleSamplesError, model_marker, problems_digest
 from devstral_jax.eval.sandbox import SandboxUnavailable
 from devstral_jax.hf.load import load as load_hf
 from devstral_jax.model import Transformer
@@ -77,25 +79,36 @@ def load_model(spec: str, model_config: ModelConfig, seed: int):
     return loaded.model, loaded.tokenizer or load_tekken()
 
 
-def sample_completions(sampler: Sampler, problems: list[Problem], settings, seed: int) -> dict[str, list[str]]:
-    """`settings.num_samples` completions per problem, batched, cut at each problem's stop tokens."""
+def sample_completions(sampler: Sampler, problems: list[Problem], settings, seed: int,
+                       store: SampleStore) -> dict[str, list[str]]:
+    """`settings.num_samples` completions per problem, batched, cut at each problem's stop tokens. Batches
+    already in `store` (an interrupted run's) are reused; each new one is added to it as it finishes."""
     sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               top_k=settings.top_k, top_p=settings.top_p, seed=seed,
                               steps_per_call=settings.steps_per_call)
-    rows = [(problem, i) for problem in problems for i in range(settings.num_samples)]
-    completions: dict[str, list[str]] = {problem.name: [] for problem in problems}
+    rows = [problem for problem in problems for _ in range(settings.num_samples)]
+    starts = range(0, len(rows), settings.batch_size)
+    if store.batches:
+        print(f"reusing {sum(s in store.batches for s in starts)} of {len(starts)} sampled batches from {store.path}")
     with tqdm(total=len(rows), desc="sampling", unit="completion") as bar:
-        for start in range(0, len(rows), settings.batch_size):
+        for start in starts:
             batch = rows[start:start + settings.batch_size]
-            by_stops: dict[tuple[str, ...], list] = {}
-            for row in batch:
-                by_stops.setdefault(row[0].stop_tokens, []).append(row)
-            for stops, group in by_stops.items():
-                sampling = dataclasses.replace(sampling, seed=seed + start)
-                for (problem, _), completion in zip(group, sampler.generate([p.prompt for p, _ in group], sampling,
-                                                                            stop=stops)):
-                    completions[problem.name].append(completion.text)
+            if start not in store.batches:
+                texts = [""] * len(batch)
+                by_stops: dict[tuple[str, ...], list[int]] = {}
+                for i, problem in enumerate(batch):
+                    by_stops.setdefault(problem.stop_tokens, []).append(i)
+                for stops, group in by_stops.items():
+                    generated = sampler.generate([batch[i].prompt for i in group],
+                                                 dataclasses.replace(sampling, seed=seed + start), stop=stops)
+                    for i, completion in zip(group, generated):
+                        texts[i] = completion.text
+                store.add(start, texts)
             bar.update(len(batch))
+    completions: dict[str, list[str]] = {problem.name: [] for problem in problems}
+    for start in starts:
+        for problem, text in zip(rows[start:start + settings.batch_size], store.batches[start]):
+            completions[problem.name].append(text)
     return completions
 
 
@@ -163,8 +176,11 @@ def main(argv: list[str]) -> None:
             if problems:
                 benchmarks["doctests"] = _first(problems, settings.max_doctest_problems)
         for name, problems in benchmarks.items():
-            completions = (given_completions if _COMPLETIONS.value else
-                           sample_completions(sampler, problems, settings, config.seed))
+            if _COMPLETIONS.value:
+                completions = given_completions
+            else:
+                store = _sample_store(output_dir / "samples" / f"{name}.jsonl", problems, settings, config.seed)
+                completions = sample_completions(sampler, problems, settings, config.seed, store)
             summaries[name] = evaluate_benchmark(name, problems, completions, pool, settings, output_dir)
 
     extra = {}
@@ -185,6 +201,17 @@ def main(argv: list[str]) -> None:
         report.pass_at_k_chart(output_dir / "pass_at_k.png", summaries)
     print(table)
     print(f"wrote {output_dir}/results.jsonl, summary.json, report.md" + (", pass_at_k.png" if summaries else ""))
+
+
+def _sample_store(path: Path, problems: list[Problem], settings, seed: int) -> SampleStore:
+    fingerprint = dict(model=_MODEL.value, model_files=model_marker(_MODEL.value), seed=seed,
+                       problems=problems_digest(problems),
+                       sampling={key: settings[key] for key in ("num_samples", "temperature", "top_k", "top_p",
+                                                               "max_new_tokens", "batch_size", "steps_per_call")})
+    try:
+        return SampleStore(path, json.loads(json.dumps(fingerprint)))
+    except StaleSamplesError as error:
+        raise app.UsageError(str(error)) from None
 
 
 def _first(problems: list[Problem], limit: int) -> list[Problem]:

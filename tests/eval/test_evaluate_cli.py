@@ -77,3 +77,26 @@ def test_evaluates_a_training_workdir(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["status"] in {"OK", "AssertionError", "SyntaxError", "Exception", "Timeout"}
+
+
+def test_an_interrupted_sampling_run_resumes_with_the_same_samples_and_refuses_other_settings(tmp_path):
+    flags = ("--model=random:tiny", f"--benchmark={SAMPLE_BENCHMARK}", "--config.eval.max_problems=3",
+             "--config.eval.num_samples=2", "--config.eval.temperature=0.8", "--config.eval.batch_size=2",
+             "--config.eval.max_new_tokens=6", f"--output_dir={tmp_path}")
+    first = _evaluate(*flags)
+    assert first.returncode == 0, first.stderr[-3000:]
+    completions = [json.loads(line)["completion"] for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    store = tmp_path / "samples" / "humaneval_ex_sample.jsonl"
+    header, *batches = store.read_text().splitlines()
+    assert len(batches) == 3  # 3 problems x 2 samples in batches of 2
+    # As if the run had died while writing the second batch.
+    store.write_text(header + "\n" + batches[0] + "\n" + batches[1][:20])
+    resumed = _evaluate(*flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "reusing 1 of 3 sampled batches" in resumed.stdout
+    assert [json.loads(line)["completion"] for line in (tmp_path / "results.jsonl").read_text().splitlines()] == \
+        completions
+    assert store.read_text().splitlines()[:2] == [header, batches[0]] and len(store.read_text().splitlines()) == 4
+    other = _evaluate(*flags[:-1], "--config.eval.temperature=0.5", f"--output_dir={tmp_path}")
+    assert other.returncode != 0 and "holds samples made with other settings (they differ in sampling)" in \
+        other.stderr and "Traceback" not in other.stderr
