@@ -202,7 +202,8 @@ defmodule DevstralEval.Cleanup do
   """
   def purge_modules(boot) do
     known = Process.get(:known_modules)
-    {from_path, defined} = :erlang.loaded() |> Enum.reject(&is_map_key(known, &1)) |> Enum.split_with(&from_path?(&1, boot))
+    new = Enum.reject(:erlang.loaded(), &is_map_key(known, &1))
+    {from_path, defined} = Enum.split_with(new, &from_path?(&1, boot))
     Process.put(:known_modules, Map.merge(known, Map.new(from_path, &{&1, &1.module_info(:md5)})))
     shadowed = for module <- defined, MapSet.member?(boot.on_path, Atom.to_string(module)), do: inspect(module)
 
@@ -222,8 +223,11 @@ defmodule DevstralEval.Cleanup do
 
   defp from_path?(module, boot) do
     case :code.is_loaded(module) do
-      {:file, path} when is_list(path) and path != [] -> MapSet.member?(boot.dirs, path |> List.to_string() |> Path.dirname() |> Path.expand())
-      _ -> false
+      {:file, path} when is_list(path) and path != [] ->
+        MapSet.member?(boot.dirs, path |> List.to_string() |> Path.dirname() |> Path.expand())
+
+      _ ->
+        false
     end
   end
 

@@ -60,7 +60,8 @@ class SampleStore:
         lines = text.splitlines()
         stored = json.loads(lines[0])["fingerprint"]
         if stored != fingerprint:
-            differing = sorted(key for key in fingerprint.keys() | stored.keys() if stored.get(key) != fingerprint.get(key))
+            keys = fingerprint.keys() | stored.keys()
+            differing = sorted(key for key in keys if stored.get(key) != fingerprint.get(key))
             raise StaleSamplesError(
                 f"{path} holds samples made with other settings (they differ in {', '.join(differing)}); "
                 "pass another --output_dir, or delete that file to sample again.")
