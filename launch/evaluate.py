@@ -209,7 +209,7 @@ def _sample_store(path: Path, problems: list[Problem], settings, seed: int) -> S
                        sampling={key: settings[key] for key in ("num_samples", "temperature", "top_k", "top_p",
                                                                "max_new_tokens", "batch_size", "steps_per_call")})
     try:
-        return SampleStore(path, json.loads(json.dumps(fingerprint)))
+        return SampleStore(path, fingerprint)
     except StaleSamplesError as error:
         raise app.UsageError(str(error)) from None
 

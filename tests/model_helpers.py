@@ -49,6 +49,14 @@ def hf_logits(hf: transformers.MistralForCausalLM, tokens: np.ndarray, attention
         return hf(torch.from_numpy(tokens), **kw).logits.numpy()
 
 
+def hf_greedy(hf: transformers.MistralForCausalLM, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' greedy `generate` for one prompt, EOS ignored: the new tokens only."""
+    with torch.no_grad():
+        output = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+    return output[0, len(prompt):].tolist()
+
+
 def max_relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     """max |ours - reference| / max |reference|: the worst element, scaled by the logits' range."""
     return float(np.max(np.abs(np.asarray(ours) - reference)) / np.max(np.abs(reference)))

@@ -5,14 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 from jax.sharding import Mesh
 
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig, sample_logits, truncate_at_stop
-from tests.model_helpers import TINY, hf_model, ours_from_hf
+from tests.model_helpers import TINY, hf_greedy, hf_model, ours_from_hf
 
 GREEDY = SamplingConfig(max_new_tokens=20, steps_per_call=8, prompt_bucket=16)
 PROMPT_LENGTHS = (5, 17, 9)
@@ -41,13 +40,9 @@ def _naive_greedy(model: Transformer, prompt: list[int], steps: int, length: int
 def test_greedy_equals_transformers_generate(scan_layers):
     config = TINY.replace(scan_layers=scan_layers, remat_policy="none")
     hf = hf_model(config, seed=5)
-    hf.generation_config.eos_token_id = None
     ours = Sampler(ours_from_hf(config, hf))
     for prompt, completion in zip(_prompts(config), ours.generate_tokens(_prompts(config), GREEDY)):
-        with torch.no_grad():
-            reference = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                    max_new_tokens=GREEDY.max_new_tokens, do_sample=False, pad_token_id=0)
-        assert completion.tokens == reference[0, len(prompt):].tolist()
+        assert completion.tokens == hf_greedy(hf, prompt, GREEDY.max_new_tokens)
         assert completion.finish_reason == "length"
 
 

@@ -50,6 +50,7 @@ class SampleStore:
     """Finished batches of one benchmark: `batches[start]` = the completions of rows `start, start + 1, ...`."""
 
     def __init__(self, path: Path, fingerprint: dict[str, Any]):
+        fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk (tuples become lists)
         self.path = path
         self.batches: dict[int, list[str]] = {}
         original = text = path.read_text(encoding="utf-8") if path.exists() else ""
