@@ -3,6 +3,6 @@
 Run it with `python launch/prepare_data.py --config=configs/data_otp_docs.py`; see README.md.
 """
 
+from devstral_jax.errors import PipelineError
 
-class PipelineError(Exception):
-    """A problem the user can fix (bad config, missing tool, unreachable input); shown without a traceback."""
+__all__ = ["PipelineError"]

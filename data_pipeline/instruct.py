@@ -20,9 +20,8 @@ import random
 import re
 import textwrap
 
-from devstral_jax.data.records import Message, Record, Source
-
 from data_pipeline.parse import Doctest, Function, Module, ParsedFile
+from devstral_jax.data.records import Message, Record, Source
 
 OTP_BEHAVIOURS = ("GenServer", "Supervisor", "DynamicSupervisor", "Agent", "Task", "GenStage", "GenEvent",
                   "Application", "Registry", ":gen_statem", ":gen_server", "GenStateMachine")

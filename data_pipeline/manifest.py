@@ -10,10 +10,9 @@ from typing import Any
 
 import ml_collections
 
-from devstral_jax.data.records import Record
-
 from data_pipeline.checkpoint import atomic_write
 from data_pipeline.decontam import Hit, Problem
+from devstral_jax.data.records import Record
 
 
 @dataclasses.dataclass

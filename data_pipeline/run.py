@@ -23,10 +23,6 @@ from typing import Any
 import ml_collections
 from tqdm import tqdm
 
-from devstral_jax.data.records import Record, Source
-from devstral_jax.elixir_worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
-from devstral_jax.tokenizer import load_tekken
-
 from data_pipeline import manifest as manifest_lib
 from data_pipeline.checkpoint import UnitStore
 from data_pipeline.config import validate
@@ -45,6 +41,9 @@ from data_pipeline.sources.http import HttpClient, HttpConfig
 from data_pipeline.sources.local import LocalSource
 from data_pipeline.sources.otp_docs import OtpDocsSource, otp_docs_worker
 from data_pipeline.sources.safe_tar import TarLimits
+from devstral_jax.data.records import Record, Source
+from devstral_jax.elixir_worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
+from devstral_jax.tokenizer import load_tekken
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from devstral_jax.errors import CheckpointError
+
 EVAL_METRIC = "eval_loss"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used with the current run."""
 
 
 def base_fingerprint(frozen: Any, sample: int = 4096) -> str:

@@ -1,27 +1,57 @@
-"""What every absl entry point in launch/ shares: flag parsing that turns config mistakes into one-line errors,
-and a log that keeps the progress bars readable."""
+"""What every absl entry point in launch/ shares: one-line errors for user mistakes, tracebacks for bugs, and a
+log that keeps the progress bars readable."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sys
 from typing import Callable
 
 from absl import app, flags
 from absl import logging as absl_logging
 
+from devstral_jax.errors import UserError
+
+
+def _program() -> str:
+    return os.path.basename(sys.argv[0]) or "devstral_jax"
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"{_program()}: error: {message}\n")
+    sys.exit(1)
+
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, plus ml_collections' `--config.x.y=` override errors (an AttributeError/KeyError/
-    TypeError/ValueError raised while parsing, e.g. a misspelt key), reported without a traceback."""
+    """absl's parser, plus the config file's and `--config.x.y=` overrides' errors (a misspelt key, a value of
+    the wrong type, a config file that does not load), reported in one line without a traceback."""
     try:
-        return flags.FLAGS(argv)
+        argv = flags.FLAGS(argv)
+        for name in ("config",):  # ml_collections loads a config file lazily: make it fail here, not later
+            if name in flags.FLAGS and flags.FLAGS[name].value is not None:
+                flags.FLAGS[name].value.to_dict()
+        return argv
     except flags.Error as e:
-        message = str(e)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        message = f"bad --config override: {e.args[0] if e.args else e}"
-    sys.stderr.write(f"FATAL Flags parsing error: {message}\nPass --helpfull to see the flags.\n")
-    sys.exit(1)
+        _fail(f"{e}\nPass --helpfull to see the flags.")
+    except UserError as e:
+        _fail(str(e))
+    except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
+        _fail(f"bad --config or --config.* override: {e.args[0] if e.args else e}")
+
+
+def _one_line_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """Runs `main`; a `UserError` becomes one line on stderr and exit status 1, anything else keeps its traceback."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except UserError as e:
+            _fail(str(e))
+
+    return wrapped
 
 
 def _not_orbax_chatter(record: logging.LogRecord) -> bool:
@@ -30,6 +60,7 @@ def _not_orbax_chatter(record: logging.LogRecord) -> bool:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """`absl.app.run(main)` with config-override errors reported as usage errors and Orbax's INFO lines dropped."""
+    """`absl.app.run(main)` for every entry point: user mistakes (flags, config, any `UserError`) in one line,
+    bugs with their traceback, Orbax's INFO lines dropped."""
     absl_logging.get_absl_handler().addFilter(_not_orbax_chatter)
-    app.run(main, flags_parser=_parse_flags)
+    app.run(_one_line_user_errors(main), flags_parser=_parse_flags)

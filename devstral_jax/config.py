@@ -9,6 +9,8 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from devstral_jax.errors import ConfigError
+
 REMAT_POLICIES = ("none", "full", "dots_saveable", "offload")
 STORAGES = ("dense", "nf4", "int8")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -18,10 +20,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 # The fields that say how to run a model rather than what its weights are (never in a config.json).
 EXECUTION_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl", "attn_storage",
                     "mlp_storage", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
-
-
-class ConfigError(ValueError):
-    """A model configuration that is missing a field, has an unknown one, or contradicts itself."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+
 class LoRAParam(nnx.Param):
     """An adapter weight: the only parameters that get gradients and optimizer state."""
 

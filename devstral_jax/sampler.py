@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from devstral_jax.errors import ConfigError
 from devstral_jax.model import KVCache, Transformer, init_cache
 
 
@@ -40,15 +41,15 @@ class SamplingConfig:
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}.")
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}.")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}.")
+            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}.")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}.")
+            raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}.")
         if self.steps_per_call < 1 or self.prompt_bucket < 1:
-            raise ValueError("steps_per_call and prompt_bucket must be positive.")
+            raise ConfigError("steps_per_call and prompt_bucket must be positive.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +179,7 @@ class Sampler:
         steps = sampling.steps_per_call
         decode_steps = _round_up(sampling.max_new_tokens - 1, steps)
         if prompt_length + decode_steps > self.config.max_position_embeddings:
-            raise ValueError(f"Prompt ({prompt_length} tokens after padding) plus {sampling.max_new_tokens} new "
+            raise ConfigError(f"Prompt ({prompt_length} tokens after padding) plus {sampling.max_new_tokens} new "
                              f"tokens exceed the model's {self.config.max_position_embeddings} positions.")
         rows = list(prompts) + [[self.pad_id]] * (batch - len(prompts))
         tokens, positions, segment_ids = left_pad(rows, prompt_length, self.pad_id)

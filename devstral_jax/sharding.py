@@ -17,6 +17,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from devstral_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 RULES: dict[str, str | None] = {
     "vocab": "tensor",
@@ -30,26 +32,22 @@ RULES: dict[str, str | None] = {
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
 
 
-class MeshError(ValueError):
-    """A mesh shape that does not fit the devices."""
-
-
 def mesh_shape(requested: Mapping[str, int], num_devices: int) -> dict[str, int]:
     """Resolves one -1 ("fill") in {'data','fsdp','tensor'} so the product is `num_devices`."""
     unknown = set(requested) - set(MESH_AXES)
     if unknown:
-        raise MeshError(f"Unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}.")
+        raise ConfigError(f"Unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}.")
     shape = {axis: int(requested.get(axis, 1)) for axis in MESH_AXES}
     fill = [axis for axis, size in shape.items() if size == -1]
     if len(fill) > 1 or any(size == 0 or size < -1 for size in shape.values()):
-        raise MeshError(f"Mesh {shape}: each axis is a positive size, and at most one is -1 (fill).")
+        raise ConfigError(f"Mesh {shape}: each axis is a positive size, and at most one is -1 (fill).")
     known = math.prod(size for size in shape.values() if size != -1)
     if num_devices % known:
-        raise MeshError(f"Mesh {shape} does not divide the {num_devices} devices.")
+        raise ConfigError(f"Mesh {shape} does not divide the {num_devices} devices.")
     if fill:
         shape[fill[0]] = num_devices // known
     if math.prod(shape.values()) != num_devices:
-        raise MeshError(f"Mesh {shape} uses {math.prod(shape.values())} devices but {num_devices} are present; "
+        raise ConfigError(f"Mesh {shape} uses {math.prod(shape.values())} devices but {num_devices} are present; "
                         "make the product equal the device count or set one axis to -1.")
     return shape
 
@@ -114,7 +112,7 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     process_id = process_id if process_id is not None else _int_env("DEVSTRAL_PROCESS_ID")
     if coordinator:
         if num_processes is None or process_id is None:
-            raise MeshError("A coordinator address needs the process count and this process's id "
+            raise ConfigError("A coordinator address needs the process count and this process's id "
                             "(--num_processes/--process_id or DEVSTRAL_NUM_PROCESSES/DEVSTRAL_PROCESS_ID).")
         jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
         return True

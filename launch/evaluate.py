@@ -27,9 +27,9 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from devstral_jax.checkpoint import CheckpointError
 from devstral_jax.cli import run
 from devstral_jax.config import EXECUTION_FIELDS, PRESETS, ConfigError, ModelConfig, from_config_dict, preset
+from devstral_jax.errors import CheckpointError
 from devstral_jax.eval import doctests, metrics, report
 from devstral_jax.eval.benchmarks import BenchmarkError, Problem, load_completions, load_problems
 from devstral_jax.eval.perplexity import perplexity

@@ -18,18 +18,14 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from devstral_jax import checkpoint
 from devstral_jax.cli import run
-from devstral_jax.config import ConfigError
 from devstral_jax.hf import model_card
-from devstral_jax.hf.atomic import OutputExistsError
-from devstral_jax.hf.export import ExportError, merged_checkpoint_tensors, save_merged, tokenizer_files
+from devstral_jax.hf.export import merged_checkpoint_tensors, save_merged, tokenizer_files
 from devstral_jax.hf.gguf_export import save_gguf
-from devstral_jax.hf.model_dir import CheckpointError, ModelDir, open_model_dir
-from devstral_jax.hf.peft import Adapter, AdapterError, adapter_from_model, check_adapter, load_adapter, save_adapter
-from devstral_jax.hf.safetensors_io import SafetensorsError
+from devstral_jax.hf.model_dir import ModelDir, open_model_dir
+from devstral_jax.hf.peft import Adapter, adapter_from_model, check_adapter, load_adapter, save_adapter
 from devstral_jax.tokenizer import PACKAGED_TEKKEN
-from devstral_jax.train.trainer import TrainingError, restore_trained_model
+from devstral_jax.train.trainer import restore_trained_model
 
 _DEFAULT_CONFIG = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                                                 "export.py"))
@@ -43,8 +39,6 @@ _EVAL = flags.DEFINE_string("eval_results", None, "Evaluation results (JSON), su
 flags.mark_flags_as_required(["base", "out"])
 
 FORMATS = ("peft", "merged", "gguf_f16", "gguf_q8_0")
-_USER_ERRORS = (CheckpointError, ConfigError, AdapterError, ExportError, SafetensorsError, OutputExistsError,
-                checkpoint.CheckpointError, TrainingError)
 
 
 def _adapter(base: ModelDir) -> Adapter:
@@ -106,10 +100,7 @@ def export(config) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        export(_CONFIG.value)
-    except _USER_ERRORS as e:
-        raise app.UsageError(str(e)) from None
+    export(_CONFIG.value)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from devstral_jax.checkpoint import CheckpointError
 from devstral_jax.cli import run
 from devstral_jax.config import ConfigError, from_config_dict
+from devstral_jax.errors import CheckpointError
 from devstral_jax.model import Transformer
 from devstral_jax.tokenizer import load_tekken
 from devstral_jax.train.trainer import TrainingError, restore_trained_model

@@ -14,35 +14,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from data_pipeline import PipelineError  # noqa: E402
-from data_pipeline.run import run  # noqa: E402
+from data_pipeline.run import run as build_corpus  # noqa: E402
+from devstral_jax.cli import run  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Data config file, e.g. configs/data_otp_docs.py.")
-
-
-def parse_flags(argv):
-    """absl's flag parsing, with config-file and override mistakes reported as one line, not a traceback."""
-    try:
-        argv = flags.FLAGS(argv)
-        if _CONFIG.value is not None:
-            _CONFIG.value.to_dict()  # a config file that failed to load raises only when first used
-        return argv
-    except flags.Error as error:
-        sys.exit(f"prepare_data: {error}\nSee --helpfull for the flags.")
-    except (AttributeError, KeyError) as error:  # what ml_collections raises for --config.no_such_name
-        name = str(error).strip("'\"")
-        sys.exit(f"prepare_data: no config setting {name!r}; check the --config.* names against the config file.")
-    except Exception as error:  # ml_collections raises plain errors for a bad file or override
-        sys.exit(f"prepare_data: bad --config or --config.* override: {type(error).__name__}: {error}")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
-        manifest = run(_CONFIG.value)
-    except PipelineError as error:
-        sys.exit(f"prepare_data: {error}")
+        manifest = build_corpus(_CONFIG.value)
     except KeyboardInterrupt:
         sys.exit("prepare_data: interrupted; finished units are kept, run the same command to resume.")
     output = Path(_CONFIG.value.output_dir)
@@ -58,4 +40,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main, flags_parser=parse_flags)
+    run(main)

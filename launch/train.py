@@ -11,11 +11,8 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from devstral_jax.checkpoint import CheckpointError
 from devstral_jax.cli import run
-from devstral_jax.config import ConfigError
-from devstral_jax.data.pipeline import DataError
-from devstral_jax.sharding import MeshError, maybe_initialize_distributed
+from devstral_jax.sharding import maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/tiny_cpu.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBoard logs and loss.png go.")
@@ -29,13 +26,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
-    from devstral_jax.train.trainer import TrainingError, train  # after flags: jax.distributed must come first
+    from devstral_jax.train.trainer import train  # after flags: jax.distributed must come first
 
-    try:
-        maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        result = train(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, DataError, MeshError, CheckpointError, TrainingError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+    maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    result = train(_CONFIG.value, _WORKDIR.value)
     losses = result.eval_losses
     print(f"trained to step {result.last_step} in {result.workdir}"
           + (" (stopped by SIGTERM; run again to resume)" if result.stopped_by_signal else ""))

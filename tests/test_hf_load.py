@@ -14,7 +14,7 @@ from devstral_jax import sharding
 from devstral_jax.config import ConfigError
 from devstral_jax.hf import param_map
 from devstral_jax.hf.load import load
-from devstral_jax.hf.model_dir import CheckpointError
+from devstral_jax.hf.model_dir import ModelDirError
 from devstral_jax.hf.safetensors_io import SafetensorsError
 from devstral_jax.model import Transformer
 from devstral_jax.model.linear import NF4Kernel
@@ -120,21 +120,21 @@ def test_missing_unexpected_and_misshapen_tensors_are_named(checkpoints, tmp_pat
     index["weight_map"] = {name: file for name, file in index["weight_map"].items() if file != shard}
     (missing / "model.safetensors.index.json").write_text(json.dumps(index))
     os.remove(missing / shard)
-    with pytest.raises(CheckpointError, match=rf"missing tensor {lost[0]}"):
+    with pytest.raises(ModelDirError, match=rf"missing tensor {lost[0]}"):
         load(missing, **F32)
 
     # The config says 2 layers; layer 2's tensors are then unexpected.
     extra = _copy(root / "hf", tmp_path / "extra")
     config = json.loads((extra / "config.json").read_text())
     (extra / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
-    with pytest.raises(CheckpointError,
+    with pytest.raises(ModelDirError,
                        match=r"unexpected tensor model\.layers\.2\.\S+ in model-\d+-of-\d+\.safetensors"):
         load(extra, **F32)
 
     # The config's intermediate size disagrees with the weights.
     wide = _copy(root / "hf", tmp_path / "wide")
     (wide / "config.json").write_text(json.dumps({**config, "intermediate_size": 256}))
-    with pytest.raises(CheckpointError, match=r"tensor model\.layers\.0\.mlp\.gate_proj\.weight in "
+    with pytest.raises(ModelDirError, match=r"tensor model\.layers\.0\.mlp\.gate_proj\.weight in "
                                               r"model-\d+-of-\d+\.safetensors has shape \(192, 64\); config\.json "
                                               r"implies \(256, 64\)"):
         load(wide, **F32)
@@ -160,11 +160,11 @@ def test_params_json_that_contradicts_the_weights_is_named(checkpoints, tmp_path
     path = _copy(root / "consolidated", tmp_path / "consolidated")
     params = json.loads((path / "params.json").read_text())
     (path / "params.json").write_text(json.dumps({**params, "n_kv_heads": 4}))
-    with pytest.raises(CheckpointError, match=r"tensor layers\.0\.attention\.wk\.weight in consolidated\.safetensors "
+    with pytest.raises(ModelDirError, match=r"tensor layers\.0\.attention\.wk\.weight in consolidated\.safetensors "
                                               r"has shape \(48, 64\); params\.json implies \(96, 64\)"):
         load(path, **F32)
     (path / "params.json").write_text(json.dumps({**params, "n_layers": 4}))
-    with pytest.raises(CheckpointError, match=r"missing tensor layers\.3\.attention\.wq\.weight"):
+    with pytest.raises(ModelDirError, match=r"missing tensor layers\.3\.attention\.wq\.weight"):
         load(path, **F32)
     (path / "params.json").write_text(json.dumps({**params, "moe": {"num_experts": 8}}))
     with pytest.raises(ConfigError, match="params.json sets 'moe'"):

@@ -54,9 +54,9 @@ def test_8_device_mesh_trains_like_one_device_and_really_shards():
 
 
 def test_mesh_that_does_not_divide_the_devices_is_a_clear_error():
-    with pytest.raises(sharding.MeshError, match="does not divide the 8 devices"):
+    with pytest.raises(sharding.ConfigError, match="does not divide the 8 devices"):
         sharding.make_mesh({"data": 3, "fsdp": 1, "tensor": 1})
-    with pytest.raises(sharding.MeshError, match="at most one is -1"):
+    with pytest.raises(sharding.ConfigError, match="at most one is -1"):
         sharding.make_mesh({"data": -1, "fsdp": -1})
     assert sharding.mesh_shape({"data": -1, "tensor": 2}, 8) == {"data": 4, "fsdp": 1, "tensor": 2}
 

@@ -10,12 +10,11 @@ import asyncio
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from devstral_jax.elixir_worker import ElixirPool
-
 from data_pipeline import PipelineError
 from data_pipeline.sources import Unit
 from data_pipeline.sources.hexpm import read_package
 from data_pipeline.sources.safe_tar import TarLimits
+from devstral_jax.elixir_worker import ElixirPool
 
 
 class HexCacheSource:

@@ -12,9 +12,8 @@ import asyncio
 from pathlib import Path
 from typing import AsyncIterator
 
-from devstral_jax.elixir_worker import ElixirPool, WorkerError
-
 from data_pipeline.sources import Fetched, SourceFile, Unit, UnitRejected
+from devstral_jax.elixir_worker import ElixirPool, WorkerError
 
 OTP_DOCS_SCRIPT = Path(__file__).parent.parent / "elixir" / "otp_docs.exs"
 ELIXIR_LICENCE = "Apache-2.0"

@@ -19,13 +19,10 @@ import numpy as np
 
 from devstral_jax.data.records import Record, RecordError
 from devstral_jax.data.tokenize import RecordTokenizer, training_windows
+from devstral_jax.errors import DataError
 
 MAX_WINDOWS_PER_RECORD = 256  # a record longer than this many rows is cut (and counted in the log)
 FEATURES = ("inputs", "targets", "loss_mask")
-
-
-class DataError(ValueError):
-    """Training data that cannot be read: no shards, an empty or unreadable shard, a bad record."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,14 +19,12 @@ import dataclasses
 import json
 from typing import Any
 
+from devstral_jax.errors import RecordError
+
 KINDS = ("text", "chat", "fim")
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "validation")
 _PAYLOAD_FIELDS = {"text": ("text",), "chat": ("messages",), "fim": ("prefix", "suffix", "middle")}
-
-
-class RecordError(ValueError):
-    """A record does not follow the schema."""
 
 
 @dataclasses.dataclass(frozen=True)

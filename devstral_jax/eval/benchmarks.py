@@ -17,11 +17,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from devstral_jax.errors import BenchmarkError
 from devstral_jax.eval.verdict import Program
-
-
-class BenchmarkError(ValueError):
-    """A benchmark or completions file that cannot be read as documented."""
 
 
 @dataclasses.dataclass(frozen=True)

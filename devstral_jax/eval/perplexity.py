@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from devstral_jax.errors import DataError
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Tokenizer
 
@@ -62,7 +63,7 @@ def perplexity(model: Transformer, tokenizer: Tokenizer, texts: Iterable[str], *
             rows.append(window[:int(min(len(window), budget + 1))])
             budget -= len(rows[-1]) - 1
     if not rows:
-        raise ValueError("No text to measure perplexity on.")
+        raise DataError("No text to measure perplexity on.")
     graphdef, state = nnx.split(model)
     total, count = 0.0, 0.0
     for start in tqdm(range(0, len(rows), batch_size), desc="perplexity", unit="batch"):

@@ -25,9 +25,16 @@ from typing import Sequence
 from tqdm import tqdm
 
 from devstral_jax.elixir_worker import ElixirPool, ElixirWorker, WorkerCrashed, WorkerError, WorkerTimeout
+from devstral_jax.errors import ConfigError
 from devstral_jax.eval.sandbox import Limits, Sandbox, SandboxUnavailable, make_sandbox
-from devstral_jax.eval.verdict import (COMPILE_ERRORS, Program, Verdict, multiple_status, raised_exception,
-                                       solution_warnings)
+from devstral_jax.eval.verdict import (
+    COMPILE_ERRORS,
+    Program,
+    Verdict,
+    multiple_status,
+    raised_exception,
+    solution_warnings,
+)
 
 SERVER = Path(__file__).with_name("executor.exs")
 # The sandbox mounts fresh, empty filesystems over these: a checkout living under one is invisible inside.
@@ -48,7 +55,7 @@ class ExecutionPool:
         `programs_per_worker`: a worker is restarted after this many, bounding what a VM accumulates (atoms).
         `boot_grace`: extra seconds the host waits for a worker before declaring it hung (a VM start included)."""
         if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}.")
+            raise ConfigError(f"timeout must be positive, got {timeout}.")
         self.timeout = timeout
         self.limits = limits
         self.boot_grace = boot_grace

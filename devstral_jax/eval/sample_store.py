@@ -17,9 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-
-class StaleSamplesError(ValueError):
-    """The store on disk was made with other settings (another model, sampling config, seed or problems)."""
+from devstral_jax.errors import StaleSamplesError
 
 
 def model_marker(spec: str) -> list:

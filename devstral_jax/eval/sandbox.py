@@ -23,6 +23,8 @@ import shutil
 import subprocess
 import tempfile
 
+from devstral_jax.errors import ConfigError, SandboxUnavailable
+
 # Runs as root inside the new namespaces, then drops to the unprivileged user and execs the worker ("$@").
 _CONFINE = r"""
 set -e
@@ -47,10 +49,6 @@ exec env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp/scratch TMPDIR=/tmp/scra
 
 SCRATCH_IN_SANDBOX = "/tmp/scratch"
 MODES = ("required", "best_effort", "off")
-
-
-class SandboxUnavailable(RuntimeError):
-    """The OS sandbox was required and this machine cannot provide it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +94,7 @@ def make_sandbox(limits: Limits = Limits(), user: str = "nobody", mode: str = "r
     """The confinement `mode` asks for (see the module docstring); `readable`: files the confined user must be
     able to read (the server script). Raises SandboxUnavailable when "required" cannot be met."""
     if mode not in MODES:
-        raise ValueError(f"sandbox mode must be one of {', '.join(MODES)}; got {mode!r}.")
+        raise ConfigError(f"sandbox mode must be one of {', '.join(MODES)}; got {mode!r}.")
     problem = _why_not_confinable(user, tuple(os.path.abspath(p) for p in readable)) if mode != "off" else \
         "the sandbox was switched off"
     if problem is not None and mode == "required":

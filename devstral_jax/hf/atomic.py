@@ -7,9 +7,7 @@ import os
 import shutil
 from typing import Iterator
 
-
-class OutputExistsError(FileExistsError):
-    """The output path is taken and overwriting was not asked for."""
+from devstral_jax.errors import OutputExistsError
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
 
 from devstral_jax.config import ModelConfig, to_hf_config
+from devstral_jax.errors import ExportError
 from devstral_jax.hf.atomic import atomic_directory
 from devstral_jax.hf.model_dir import HF_INDEX, ModelDir
 from devstral_jax.hf.param_map import hf_shapes
@@ -40,10 +41,6 @@ DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float
 # Tokenizer and prompt files of a Devstral/Mistral repo, copied along when the base has them.
 TOKENIZER_FILES = ("tekken.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "chat_template.jinja", "chat_template.json", "SYSTEM_PROMPT.txt")
-
-
-class ExportError(ValueError):
-    """A model that must not be exported as it is (e.g. non-finite weights)."""
 
 
 def merged_checkpoint_tensors(base: ModelDir, adapter: Adapter | None) -> Iterator[tuple[str, np.ndarray]]:

@@ -70,7 +70,7 @@ def load(path: str | os.PathLike, *, format: str = "auto", mesh: Mesh | None = N
     Each array is placed by `partition_spec` (default: sharding.py's logical-axis rules on `mesh`, or whole
     on the one device without a mesh). `execution` sets ModelConfig's execution fields, e.g.
     `param_dtype="bfloat16", mlp_storage="nf4", lora_rank=16`; `seed` initialises LoRA adapters. Checkpoint
-    problems raise CheckpointError/ConfigError before any weight is read.
+    problems raise ModelDirError/ConfigError before any weight is read.
     """
     model_dir = open_model_dir(path, format, **execution)
     config = model_dir.config

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from devstral_jax.config import ConfigError, ModelConfig, load_hf_config
+from devstral_jax.errors import ModelDirError
 from devstral_jax.hf import consolidated
 from devstral_jax.hf.param_map import ParamName, hf_shapes, param_names
 from devstral_jax.hf.safetensors_io import TensorInfo, read_header, read_tensor
@@ -28,10 +29,6 @@ FORMATS = ("auto", "hf", "consolidated")
 HF_INDEX = "model.safetensors.index.json"
 _FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
 _MAX_LISTED = 8  # problems listed in one error before "... and N more"
-
-
-class CheckpointError(ValueError):
-    """A model directory whose files do not make the model its config describes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +66,14 @@ def open_model_dir(path: str | os.PathLike, format: str = "auto", **execution: A
     """
     path = os.fspath(path)
     if format not in FORMATS:
-        raise CheckpointError(f"Unknown checkpoint format {format!r}; choose one of {FORMATS}.")
+        raise ModelDirError(f"Unknown checkpoint format {format!r}; choose one of {FORMATS}.")
     if not os.path.isdir(path):
-        raise CheckpointError(f"No model directory at {path}.")
+        raise ModelDirError(f"No model directory at {path}.")
     has_hf = os.path.isfile(os.path.join(path, "config.json")) and bool(_hf_files(path))
     has_consolidated = os.path.isfile(os.path.join(path, "params.json")) and bool(_consolidated_files(path))
     if format == "auto":
         if not (has_hf or has_consolidated):
-            raise CheckpointError(f"{path} holds neither a Hugging Face checkpoint (config.json + model*.safetensors) "
+            raise ModelDirError(f"{path} holds neither a Hugging Face checkpoint (config.json + model*.safetensors) "
                                   "nor a Mistral consolidated one (params.json + consolidated*.safetensors).")
         format = "hf" if has_hf else "consolidated"
     if format == "hf":
@@ -116,7 +113,7 @@ def _headers(files: list[str]) -> dict[str, TensorInfo]:
     for file in files:
         for name, info in read_header(file).items():
             if name in tensors:
-                raise CheckpointError(f"Tensor {name} is stored twice: in {tensors[name].file} and {file}.")
+                raise ModelDirError(f"Tensor {name} is stored twice: in {tensors[name].file} and {file}.")
             tensors[name] = info
     return tensors
 
@@ -127,25 +124,25 @@ def _hf_tensors(path: str) -> dict[str, TensorInfo]:
     if not os.path.isfile(index_path):
         single = os.path.join(path, "model.safetensors")
         if not os.path.isfile(single):
-            raise CheckpointError(f"{path} has neither {HF_INDEX} nor model.safetensors.")
+            raise ModelDirError(f"{path} has neither {HF_INDEX} nor model.safetensors.")
         return _headers([single])
     try:
         with open(index_path) as f:
             weight_map = json.load(f)["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index_path} is not a safetensors index (a JSON object with a 'weight_map'): "
+        raise ModelDirError(f"{index_path} is not a safetensors index (a JSON object with a 'weight_map'): "
                               f"{e!r}.") from None
     files = sorted(set(weight_map.values()))
     absent = [file for file in files if not os.path.isfile(os.path.join(path, file))]
     if absent:
-        raise CheckpointError(f"{index_path} lists shard file(s) that do not exist: {absent}.")
+        raise ModelDirError(f"{index_path} lists shard file(s) that do not exist: {absent}.")
     tensors = _headers([os.path.join(path, file) for file in files])
     for name, file in weight_map.items():
         if name not in tensors or os.path.basename(tensors[name].file) != file:
-            raise CheckpointError(f"{index_path} puts tensor {name} in {file}, which does not hold it.")
+            raise ModelDirError(f"{index_path} puts tensor {name} in {file}, which does not hold it.")
     unindexed = sorted(set(tensors) - set(weight_map))
     if unindexed:
-        raise CheckpointError(f"Tensor {unindexed[0]} (in {tensors[unindexed[0]].file}) is missing from {index_path}.")
+        raise ModelDirError(f"Tensor {unindexed[0]} (in {tensors[unindexed[0]].file}) is missing from {index_path}.")
     return tensors
 
 
@@ -174,6 +171,6 @@ def _check(path: str, config_file: str, config: ModelConfig, stored: dict[str, T
                             "expected floating-point weights")
     if problems:
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-        raise CheckpointError(f"The checkpoint in {path} does not match its {config_file} "
+        raise ModelDirError(f"The checkpoint in {path} does not match its {config_file} "
                               f"({config.num_layers} layers, hidden {config.hidden_size}):\n  "
                               + "\n  ".join(problems[:_MAX_LISTED]) + more)

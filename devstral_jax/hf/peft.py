@@ -16,6 +16,7 @@ import re
 import numpy as np
 
 from devstral_jax.config import ModelConfig
+from devstral_jax.errors import AdapterError
 from devstral_jax.hf import param_map
 from devstral_jax.hf.atomic import atomic_directory
 from devstral_jax.hf.safetensors_io import SafetensorsWriter, read_header, read_tensor
@@ -24,10 +25,6 @@ from devstral_jax.model import Transformer
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 _KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight")
-
-
-class AdapterError(ValueError):
-    """An adapter directory PEFT-compatible tools would reject, or one that does not fit the base model."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from devstral_jax.errors import SafetensorsError
+
 DTYPES = {
     "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F32": np.dtype(np.float32),
     "F64": np.dtype(np.float64), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "I32": np.dtype(np.int32),
@@ -24,10 +26,6 @@ DTYPES = {
 }
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _ALIGNMENT = 8  # the header is padded with spaces so the data starts 8-byte aligned
-
-
-class SafetensorsError(ValueError):
-    """A safetensors file that is truncated, corrupt, or not what its header says."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 
+from devstral_jax.errors import ConfigError
 from devstral_jax.model.chunked_attention import chunked_attention
 from devstral_jax.model.masking import attention_mask
 
@@ -46,5 +47,5 @@ KERNELS: dict[str, AttentionKernel] = {"xla": xla_attention, "chunked": chunked_
 
 def get_kernel(name: str) -> AttentionKernel:
     if name not in KERNELS:
-        raise ValueError(f"Unknown attention_impl {name!r}; available: {sorted(KERNELS)}.")
+        raise ConfigError(f"Unknown attention_impl {name!r}; available: {sorted(KERNELS)}.")
     return KERNELS[name]

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from devstral_jax.config import STORAGES
+from devstral_jax.errors import ConfigError
 from devstral_jax.lora import LoRA
 from devstral_jax.quant import int8, nf4
-
 
 
 class FrozenWeight(nnx.Variable):
@@ -71,7 +71,7 @@ class Linear(nnx.Module):
                  param_dtype: jnp.dtype, rngs: nnx.Rngs, init_std: float = 0.02, storage: str = "dense",
                  lora: dict | None = None):
         if storage not in STORAGES:
-            raise ValueError(f"Unknown weight storage {storage!r}; choose one of {STORAGES}.")
+            raise ConfigError(f"Unknown weight storage {storage!r}; choose one of {STORAGES}.")
         kernel = init_std * jax.random.normal(rngs.params(), (in_features, out_features), param_dtype)
         self.kernel = nnx.Param(kernel, logical_axes=axes) if storage == "dense" else \
             QUANTIZED_KERNELS[storage](kernel, axes)

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from devstral_jax.errors import ConfigError
+
 BLOCK_SIZE = 64  # weights per absmax
 SCALE_GROUP = 256  # absmaxes per second-level float32 scale
 
@@ -80,7 +82,7 @@ def _check_shape(shape: tuple[int, ...]) -> None:
     if len(shape) < 2:
         raise ValueError(f"NF4 quantizes [..., in, out] kernels; got shape {shape}.")
     if shape[-2] % BLOCK_SIZE:
-        raise ValueError(f"NF4 needs the input dimension ({shape[-2]}, shape {shape}) to be divisible by the "
+        raise ConfigError(f"NF4 needs the input dimension ({shape[-2]}, shape {shape}) to be divisible by the "
                          f"block size {BLOCK_SIZE}; keep this tensor in bf16 or pad it.")
 
 
@@ -170,5 +172,5 @@ def partition_specs(kernel_spec: tuple) -> NF4Array:
 def check_shardable(shape: tuple[int, ...], input_shards: int) -> None:
     """A shard boundary along the input axis must not split a 64-row block (or a packed byte)."""
     if shape[-2] % (BLOCK_SIZE * input_shards):
-        raise ValueError(f"Cannot shard an NF4 kernel of shape {shape} {input_shards} ways along its input axis: "
+        raise ConfigError(f"Cannot shard an NF4 kernel of shape {shape} {input_shards} ways along its input axis: "
                          f"each shard needs a whole number of {BLOCK_SIZE}-row blocks.")

@@ -12,6 +12,7 @@ import os
 import ml_collections
 
 from devstral_jax.config import preset, to_config_dict
+from devstral_jax.errors import ConfigError
 from devstral_jax.train import optim
 
 
@@ -56,7 +57,7 @@ def validate(config: ml_collections.ConfigDict, reference: ml_collections.Config
     reference = default_config() if reference is None else reference
     for key, value in config.items():
         if key not in reference:
-            raise ValueError(f"Unknown config key {prefix}.{key}; known keys: {sorted(reference.keys())}.")
+            raise ConfigError(f"Unknown config key {prefix}.{key}; known keys: {sorted(reference.keys())}.")
         if isinstance(value, ml_collections.ConfigDict):
             validate(value, reference[key], f"{prefix}.{key}")
 

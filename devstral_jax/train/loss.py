@@ -12,6 +12,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from devstral_jax.errors import ConfigError
+
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """-log softmax(logits)[target], float32."""
@@ -26,7 +28,7 @@ def chunked_loss_sum(hidden: jax.Array, targets: jax.Array, loss_mask: jax.Array
     logits. `T` must be a multiple of `chunk_size`."""
     batch, seq, features = hidden.shape
     if seq % chunk_size:
-        raise ValueError(f"Sequence length {seq} is not a multiple of the loss chunk size {chunk_size}; "
+        raise ConfigError(f"Sequence length {seq} is not a multiple of the loss chunk size {chunk_size}; "
                          "choose a chunk size that divides it.")
     num_chunks = seq // chunk_size
 

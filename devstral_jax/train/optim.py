@@ -11,6 +11,8 @@ import ml_collections
 import optax
 from flax import nnx
 
+from devstral_jax.errors import ConfigError
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -18,7 +20,7 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
     """Linear warmup from 0 to `cfg.learning_rate` over `cfg.warmup_steps`, then `cfg.schedule`:
     cosine or linear decay to `cfg.end_learning_rate_ratio` of the peak at `total_steps`, or constant."""
     if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule={cfg.schedule!r} is not one of {SCHEDULES}.")
+        raise ConfigError(f"optim.schedule={cfg.schedule!r} is not one of {SCHEDULES}.")
     peak, warmup = cfg.learning_rate, min(cfg.warmup_steps, total_steps)
     decay_steps = max(total_steps - warmup, 1)
     end = peak * cfg.end_learning_rate_ratio

@@ -28,6 +28,7 @@ from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
 from devstral_jax.data.pipeline import DataSpec, make_dataset
 from devstral_jax.data.tokenize import RecordTokenizer
+from devstral_jax.errors import TrainingError
 from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
@@ -38,10 +39,6 @@ from devstral_jax.train.step import TrainState, init_state, jit_train_step, make
 
 # Measured dense bf16 matmul peaks (DESIGN.md: MFU = achieved / measured peak of the device).
 KNOWN_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue: bad config, no trainable parameters, repeated non-finite steps."""
 
 
 @dataclasses.dataclass
