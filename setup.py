@@ -39,7 +39,7 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["devstral_jax", "devstral_jax.*", "data_pipeline", "data_pipeline.*"]),
-    package_data={"data_pipeline": ["elixir/*.exs"], "devstral_jax": ["data/sample/*"]},
+    package_data={"data_pipeline": ["sources/*.exs"], "devstral_jax": ["data/sample/*", "elixir/*.exs", "eval/*.exs"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )

@@ -69,7 +69,8 @@ def main(argv: list[str]) -> None:
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
         "workers": workers, "sandboxed": sandboxed, "programs": len(programs), "repeats": _REPEATS.value,
-        "baseline_programs_per_second": baseline_rate, "baseline_seconds_per_program": baseline_seconds / len(programs) * workers,
+        "baseline_programs_per_second": baseline_rate,
+        "baseline_seconds_per_program": baseline_seconds / len(programs) * workers,
         "pool_programs_per_second": pool_rate, "pool_seconds_per_program": pool_seconds / len(verdicts) * workers,
         "pool_startup_seconds": startup_seconds, "speedup": pool_rate / baseline_rate, "verdict_mismatches": mismatches,
         "elixir_floor_programs_per_second": floor_rate, "elixir_floor_seconds_per_program": workers / floor_rate,

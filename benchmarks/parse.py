@@ -1,6 +1,6 @@
 """Elixir files analysed per second: the long-lived worker pool vs one `elixir` process per file.
 
-Both run the same parser (data_pipeline/elixir/parser.exs) on the same files with the same parallelism.
+Both run the same parser (devstral_jax/elixir/parser.exs) on the same files with the same parallelism.
 The corpus is the installed Elixir's own modules rebuilt from their docs (what the OTP docs source
 feeds the pipeline), or any local tree with --source_dir.
 
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from absl import app, flags  # noqa: E402
 
 from data_pipeline.config import base_config  # noqa: E402
-from data_pipeline.parse import PARSER_SCRIPT, SourceSyntaxError, parse_source, parser_pool  # noqa: E402
 from data_pipeline.sources.otp_docs import otp_docs_worker  # noqa: E402
+from devstral_jax.elixir.parse import PARSER_SCRIPT, SourceSyntaxError, parse_source, parser_pool  # noqa: E402
 
 _SOURCE_DIR = flags.DEFINE_string("source_dir", None, "A local Elixir tree; default: the installed Elixir's docs.")
 _MAX_FILES = flags.DEFINE_integer("max_files", 100, "Files to parse (the first ones in path order).")

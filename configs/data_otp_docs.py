@@ -11,5 +11,5 @@ def get_config():
     config = base_config()
     config.output_dir = "out/data_otp_docs"
     config.sources.otp_docs.enabled = True
-    config.sources.local.paths = ("data_pipeline",)  # this repo's own Elixir scripts (data_pipeline/elixir/*.exs)
+    config.sources.local.paths = ("data_pipeline",)  # this repo's own Elixir (data_pipeline/sources/otp_docs.exs)
     return config

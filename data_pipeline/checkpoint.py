@@ -1,4 +1,4 @@
-"""Atomic writes and the per-unit checkpoint store, so a killed run resumes where it stopped.
+"""The per-unit checkpoint store, so a killed run resumes where it stopped.
 
 A unit (a package release, a repository, a batch of local files, an OTP application) is the unit of
 work: its result is written once, atomically, after it is fully processed. A resumed run skips every
@@ -8,27 +8,11 @@ unit whose result exists and redoes the rest; the final assembly always reads al
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` so that a reader sees either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from devstral_jax.atomic import atomic_write
 
 
 class UnitStore:

@@ -1,8 +1,8 @@
 """Decontamination: drop training records that contain an evaluation problem.
 
 Benchmarks are JSONL files in MultiPL-E's format (`name`, `prompt`, `tests`), e.g. HumanEval or MBPP in
-Elixir. A record is dropped when, after lower-casing, removing comment markers and collapsing white
-space (StarCoder's substring rule), it contains
+Elixir, read by the evaluation's own reader (devstral_jax.eval.benchmarks). A record is dropped when, after
+lower-casing, removing comment markers and collapsing white space (StarCoder's substring rule), it contains
   - a problem's docstring (the description in the prompt's leading comments), or
   - both its signature (the `def` line the completion continues) and its tests' assertions;
 or when it shares a run of `ngram` code tokens with the problem's prompt + tests.
@@ -11,17 +11,19 @@ or when it shares a run of `ngram` code tokens with the problem's prompt + tests
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Iterable
 
 from data_pipeline import PipelineError
 from data_pipeline.dedup import code_tokens
+from devstral_jax.eval.benchmarks import Problem, load_problems
 
 
 @dataclasses.dataclass(frozen=True)
-class Problem:
+class Fingerprint:
+    """What decontamination looks for of one benchmark problem."""
+
     benchmark: str  # the file it came from
     name: str
     docstring: str
@@ -43,9 +45,9 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", " ".join(lines)).strip()
 
 
-def load_benchmarks(paths: Iterable[str]) -> list[Problem]:
-    """Problems from JSONL files, or from every *.jsonl under a directory."""
-    problems = []
+def load_benchmarks(paths: Iterable[str]) -> list[Fingerprint]:
+    """The fingerprints of the problems in JSONL files, or in every *.jsonl under a directory."""
+    fingerprints = []
     for path in map(Path, paths):
         if path.is_dir():
             files = sorted(path.glob("*.jsonl"))
@@ -55,24 +57,15 @@ def load_benchmarks(paths: Iterable[str]) -> list[Problem]:
             raise PipelineError(f"decontam.benchmarks: {path} does not exist (pass benchmark JSONL files or "
                                 f"folders, or --config.decontam.benchmarks='()' to skip decontamination).")
         for file in files:
-            problems.extend(_read_problems(file))
-    return problems
+            fingerprints.extend(_fingerprint(file.name, problem) for problem in load_problems(file))
+    return fingerprints
 
 
-def _read_problems(file: Path) -> list[Problem]:
-    problems = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            name, prompt, tests = entry["name"], entry["prompt"], entry.get("tests", "")
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise PipelineError(f"{file}:{number}: not a MultiPL-E problem (need name, prompt, tests): {error}")
-        problems.append(Problem(
-            benchmark=file.name, name=name, docstring=_docstring(prompt), signature=_signature(prompt),
-            assertions=_assertions(tests), tokens=tuple(t.lower() for t in code_tokens(prompt + "\n" + tests))))
-    return problems
+def _fingerprint(benchmark: str, problem: Problem) -> Fingerprint:
+    prompt, tests = problem.prompt, problem.tests
+    return Fingerprint(benchmark=benchmark, name=problem.name, docstring=_docstring(prompt),
+                       signature=_signature(prompt), assertions=_assertions(tests),
+                       tokens=tuple(t.lower() for t in code_tokens(prompt + "\n" + tests)))
 
 
 def _docstring(prompt: str) -> str:
@@ -98,11 +91,11 @@ def _assertions(tests: str) -> str:
 
 
 class Decontaminator:
-    def __init__(self, problems: list[Problem], ngram: int, min_chars: int):
+    def __init__(self, problems: list[Fingerprint], ngram: int, min_chars: int):
         self.problems = problems
         self.ngram = ngram
         self.min_chars = min_chars  # shorter docstrings/signatures would match innocent code
-        self._ngrams: dict[tuple[str, ...], Problem] = {}
+        self._ngrams: dict[tuple[str, ...], Fingerprint] = {}
         for problem in problems:
             for i in range(len(problem.tokens) - ngram + 1):
                 self._ngrams.setdefault(problem.tokens[i:i + ngram], problem)

@@ -20,15 +20,13 @@ import random
 import re
 import textwrap
 
-from data_pipeline.parse import Doctest, Function, Module, ParsedFile
 from devstral_jax.data.records import Message, Record, Source
+from devstral_jax.elixir.doctests import exunit_module, raised, valid_doctests
+from devstral_jax.elixir.parse import Doctest, Function, Module, ParsedFile
 
 OTP_BEHAVIOURS = ("GenServer", "Supervisor", "DynamicSupervisor", "Agent", "Task", "GenStage", "GenEvent",
                   "Application", "Registry", ":gen_statem", ":gen_server", "GenStateMachine")
 FRAMEWORK_PREFIXES = ("Phoenix.", "Ecto.")
-_EXCEPTION = re.compile(r"^\*\* \(([\w.]+)\)\s?(.*)$", re.S)
-# Operators that bind more loosely than `==`: an expression holding one is bound to a variable first.
-_LOOSE = re.compile(r"(?<![=!<>~])=(?![=~>])|&|\band\b|\bor\b|\|(?!>)|::|\bwhen\b|<-|\\\\")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,12 +126,12 @@ def _function_records(source: Source, lines: list[str], module: Module, function
         request += f"\n\n{_module_context(module)}"
         code = "\n".join(specs + [_dedented(lines, function.line, function.end_line)])
         records.append(_record("doc_to_impl", source, messages=(request, _elixir(code))))
-    if tests := _test_module(module, function):
+    if tests := exunit_module(module, function):
         head = "\n".join(specs + [f"{function.kind} {function.signature}"])
         request = f"Write ExUnit tests for the Elixir function {qualified}"
         request += f", documented as: {_first_paragraph(doc)}" if doc else "."
         records.append(_record("doctest_tests", source, messages=(f"{request}\n\n{_elixir(head)}", _elixir(tests))))
-    questions = [q for doctest in _valid(function.doctests) for q in _value_questions(doctest)]
+    questions = [q for doctest in valid_doctests(function.doctests) for q in _value_questions(doctest)]
     for question, answer in questions[:config.max_value_questions]:
         records.append(_record("doctest_value", source, messages=(question, answer)))
     return records
@@ -149,63 +147,6 @@ def _module_context(module: Module) -> str:
     return context
 
 
-def _test_module(module: Module, function: Function) -> str | None:
-    tested = [(doctest, body) for doctest in _valid(function.doctests) if (body := _test_body(doctest))]
-    if not tested:
-        return None
-    name = f"{function.name}/{function.arity}"
-    blocks = [f'  test "{name}{f" (example {i})" if len(tested) > 1 else ""}" do\n'
-              + textwrap.indent(body, "    ") + "\n  end" for i, (_, body) in enumerate(tested, 1)]
-    header = "  use ExUnit.Case, async: true\n"
-    if any(f.kind == "defmacro" and f.public for f in module.functions):
-        header += f"  require {module.name}\n"
-    if imports := _imports(module, [doctest for doctest, _ in tested]):
-        header += f"  import {module.name}, only: [{', '.join(f'{n}: {a}' for n, a in imports)}]\n"
-    return f"defmodule {module.name}Test do\n{header}\n" + "\n\n".join(blocks) + "\nend"
-
-
-def _imports(module: Module, doctests: list[Doctest]) -> list[tuple[str, int]]:
-    """The module's functions the doctests call without the module name (as `doctest Mod, import: true`
-    allows), which the generated tests must import. Kernel's are imported already."""
-    if module.name in ("Kernel", "Kernel.SpecialForms"):
-        return []
-    defined = {f.name for f in module.functions if f.public}
-    calls = {call for doctest in doctests for step in doctest for call in step.calls}
-    return sorted((name, arity) for name, arity in calls if name in defined)
-
-
-def _valid(doctests: tuple[Doctest, ...]) -> list[Doctest]:
-    """The doctests all of whose steps read as Elixir (some docs show shell sessions after `iex>`)."""
-    return [doctest for doctest in doctests if all(step.valid for step in doctest)]
-
-
-def _test_body(doctest: Doctest) -> str | None:
-    """ExUnit statements for one doctest, or None when nothing in it can be asserted."""
-    if all(step.expected is None for step in doctest):
-        return None
-    statements = []
-    for step in doctest:
-        expected = step.expected
-        if expected is None:
-            statements.append(step.expr)
-        elif match := _EXCEPTION.match(expected):
-            exception, message = match.groups()
-            message_arg = f"{_elixir_string(message)}, " if message and "\n" not in message else ""
-            call = step.expr if "\n" not in step.expr else "\n" + textwrap.indent(step.expr, "  ") + "\n"
-            statements.append(f"assert_raise {exception}, {message_arg}fn -> {call} end")
-        elif expected.startswith("#"):  # an opaque value (#PID<...>): compared through inspect, as doctests do
-            if "\n" in step.expr or "\n" in expected:
-                return None
-            statements.append(f"assert inspect({step.expr}) == {_elixir_string(expected)}")
-        elif "\n" in step.expr:  # perhaps several expressions: the last one's value is the result
-            statements.append(f"result = (\n{textwrap.indent(step.expr, '  ')}\n)\n\nassert result == {expected}")
-        elif _LOOSE.search(step.expr):
-            statements.append(f"result = {step.expr}\nassert result == {expected}")
-        else:
-            statements.append(f"assert {step.expr} == {expected}")
-    return "\n".join(statements)
-
-
 def _value_questions(doctest: Doctest) -> list[tuple[str, str]]:
     questions = []
     for index, step in enumerate(doctest):
@@ -213,9 +154,9 @@ def _value_questions(doctest: Doctest) -> list[tuple[str, str]]:
             continue
         code = "\n".join(s.expr for s in doctest[:index + 1])
         question = f"What does this Elixir code return?\n\n{_elixir(code)}"
-        if match := _EXCEPTION.match(step.expected):
-            exception, message = match.groups()
-            answer = f"It raises `{exception}`" + (f": {message}" if message else ".")
+        if exception := raised(step.expected):
+            name, message = exception
+            answer = f"It raises `{name}`" + (f": {message}" if message else ".")
         else:
             answer = _elixir(step.expected)
         questions.append((question, answer))
@@ -259,8 +200,3 @@ def _first_paragraph(text: str | bool | None) -> str:
 
 def _elixir(code: str) -> str:
     return f"```elixir\n{code.strip(chr(10))}\n```"
-
-
-def _elixir_string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("#{", "\\#{")
-    return f'"{escaped}"'

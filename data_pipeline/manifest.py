@@ -10,8 +10,8 @@ from typing import Any
 
 import ml_collections
 
-from data_pipeline.checkpoint import atomic_write
-from data_pipeline.decontam import Hit, Problem
+from data_pipeline.decontam import Fingerprint, Hit
+from devstral_jax.atomic import atomic_write
 from devstral_jax.data.records import Record
 
 
@@ -55,7 +55,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(config: ml_collections.ConfigDict, summaries: list[dict[str, Any]], failures: list[dict[str, Any]],
-          tally: Tally, problems: list[Problem], outputs: dict[str, list[Path]]) -> dict[str, Any]:
+          tally: Tally, problems: list[Fingerprint], outputs: dict[str, list[Path]]) -> dict[str, Any]:
     units = [{k: v for k, v in summary.items() if k != "skipped"} for summary in summaries]
     skipped_files = [{"unit": s["id"], **skipped} for s in summaries for skipped in s["skipped"]]
     by_source: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

@@ -31,7 +31,6 @@ from data_pipeline.dedup import NearDuplicates, exact_key
 from data_pipeline.filters import FilterConfig, decode, rejection
 from data_pipeline.instruct import InstructConfig, file_records
 from data_pipeline.licences import decide
-from data_pipeline.parse import SourceSyntaxError, parse_source, parser_pool
 from data_pipeline.shards import SplitWriter, validation_packages
 from data_pipeline.sources import FetchFailed, Unit, UnitRejected, UnitSource
 from data_pipeline.sources.github import GitHubConfig, GitHubSource
@@ -42,7 +41,8 @@ from data_pipeline.sources.local import LocalSource
 from data_pipeline.sources.otp_docs import OtpDocsSource, otp_docs_worker
 from data_pipeline.sources.safe_tar import TarLimits
 from devstral_jax.data.records import Record, Source
-from devstral_jax.elixir_worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
+from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, parser_pool
+from devstral_jax.elixir.worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
 from devstral_jax.tokenizer import load_tekken
 
 log = logging.getLogger(__name__)

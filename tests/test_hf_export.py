@@ -18,8 +18,8 @@ import transformers
 from flax import nnx
 from peft import PeftModel
 
+from devstral_jax.errors import OutputExistsError
 from devstral_jax.hf import param_map
-from devstral_jax.hf.atomic import OutputExistsError
 from devstral_jax.hf.export import ExportError, merged_checkpoint_tensors, save_merged
 from devstral_jax.hf.load import load
 from devstral_jax.hf.model_dir import open_model_dir

@@ -11,7 +11,8 @@ hex_tarball.py (the Hex v3 tarball format).
 from __future__ import annotations
 
 import dataclasses
-from typing import AsyncIterator, Awaitable, Callable, Protocol
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Protocol
 
 from data_pipeline import PipelineError
 
@@ -50,6 +51,15 @@ class Unit:
 
     def describe(self) -> dict[str, object]:
         return {"id": self.id, "kind": self.kind, "package": self.package, "version": self.version, "url": self.url}
+
+
+def existing_directories(paths: Iterable[str], setting: str) -> list[Path]:
+    """`paths` as absolute directories (`~` expanded); a PipelineError naming `setting` for one that is not."""
+    resolved = [Path(path).expanduser().resolve() for path in paths]
+    for directory in resolved:
+        if not directory.is_dir():
+            raise PipelineError(f"{setting}: {directory} is not a directory.")
+    return resolved
 
 
 class UnitSource(Protocol):

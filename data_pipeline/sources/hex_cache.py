@@ -7,23 +7,18 @@ The licence comes from each tarball's metadata.config.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from data_pipeline import PipelineError
-from data_pipeline.sources import Unit
+from data_pipeline.sources import Unit, existing_directories
 from data_pipeline.sources.hexpm import read_package
 from data_pipeline.sources.safe_tar import TarLimits
-from devstral_jax.elixir_worker import ElixirPool
+from devstral_jax.elixir.worker import ElixirPool
 
 
 class HexCacheSource:
     def __init__(self, directories: tuple[str, ...], pool: ElixirPool, wanted: Callable[[str], bool],
                  limits: TarLimits, max_tarball_bytes: int):
-        self.directories = [Path(d).expanduser() for d in directories]
-        for directory in self.directories:
-            if not directory.is_dir():
-                raise PipelineError(f"sources.hex_cache.dirs: {directory} is not a directory.")
+        self.directories = existing_directories(directories, "sources.hex_cache.dirs")
         self.pool = pool
         self.wanted = wanted
         self.limits = limits

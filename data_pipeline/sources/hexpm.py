@@ -19,12 +19,12 @@ import re
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from data_pipeline.parse import read_erlang_terms
 from data_pipeline.sources import Fetched, Unit, UnitRejected
 from data_pipeline.sources.hex_tarball import metadata_from_terms, read_hex_tarball
 from data_pipeline.sources.http import HttpClient
 from data_pipeline.sources.safe_tar import TarLimits
-from devstral_jax.elixir_worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
+from devstral_jax.elixir.parse import read_erlang_terms
+from devstral_jax.elixir.worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"[a-z][a-z0-9_]*")  # Hex's rule for package names

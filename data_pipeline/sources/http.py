@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from data_pipeline.checkpoint import atomic_write
 from data_pipeline.sources import FetchFailed, UnitRejected
+from devstral_jax.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from data_pipeline import PipelineError
-from data_pipeline.sources import Fetched, Skipped, SourceFile, Unit
+from data_pipeline.sources import Fetched, Skipped, SourceFile, Unit, existing_directories
 
 _SKIPPED_DIRS = {"_build", "deps", "node_modules"}  # build output and vendored dependencies
 
@@ -24,10 +24,7 @@ _SKIPPED_DIRS = {"_build", "deps", "node_modules"}  # build output and vendored 
 class LocalSource:
     def __init__(self, paths: tuple[str, ...], licence: str, batch_files: int, extensions: tuple[str, ...],
                  max_file_bytes: int):
-        self.roots = [Path(p).expanduser().resolve() for p in paths]
-        for root in self.roots:
-            if not root.is_dir():
-                raise PipelineError(f"sources.local.paths: {root} is not a directory.")
+        self.roots = existing_directories(paths, "sources.local.paths")
         if len({root.name for root in self.roots}) != len(self.roots):
             raise PipelineError("sources.local.paths: two paths share a folder name; each names its package.")
         self.licence = licence

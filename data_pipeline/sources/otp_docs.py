@@ -1,7 +1,7 @@
 """The installed Elixir's own modules, rebuilt as documented source from their docs chunks (offline).
 
-One unit per OTP application (elixir, eex, ex_unit, iex, logger, mix). `elixir/otp_docs.exs` turns each
-module's docs and specs into a file of @moduledoc/@doc/@spec and function heads; the parser then reads
+One unit per OTP application (elixir, eex, ex_unit, iex, logger, mix). `otp_docs.exs`, beside this file, turns
+each module's docs and specs into a file of @moduledoc/@doc/@spec and function heads; the parser then reads
 it like any other file, so docs become explanation records and doctests become test-writing and
 "what does this return" records. Elixir is Apache-2.0.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from data_pipeline.sources import Fetched, SourceFile, Unit, UnitRejected
-from devstral_jax.elixir_worker import ElixirPool, WorkerError
+from devstral_jax.elixir.worker import ElixirPool, WorkerError
 
-OTP_DOCS_SCRIPT = Path(__file__).parent.parent / "elixir" / "otp_docs.exs"
+OTP_DOCS_SCRIPT = Path(__file__).with_name("otp_docs.exs")
 ELIXIR_LICENCE = "Apache-2.0"
 
 

@@ -1,7 +1,7 @@
 # The execution server: runs one Elixir program per request exactly as `elixir file.exs` would (Elixir 1.14's
 # Kernel.CLI: the file in its own process, then the `System.at_exit` hooks, so ExUnit runs the tests and sets the
 # exit status), captures its output, and then removes every trace of it from this VM: its processes, modules,
-# applications, environment, files. Started by devstral_jax/eval/pool.py through devstral_jax/elixir_worker.py,
+# applications, environment, files. Started by devstral_jax/eval/pool.py through devstral_jax/elixir/worker.py,
 # which defines ElixirWorker.serve/1. Argument: the scratch directory (the only place a program may write).
 
 defmodule DevstralEval.Capture do

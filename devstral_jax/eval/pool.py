@@ -24,14 +24,14 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from devstral_jax.elixir_worker import ElixirPool, ElixirWorker, WorkerCrashed, WorkerError, WorkerTimeout
+from devstral_jax.elixir.worker import ElixirPool, ElixirWorker, WorkerCrashed, WorkerError, WorkerTimeout
 from devstral_jax.errors import ConfigError
 from devstral_jax.eval.sandbox import Limits, Sandbox, SandboxUnavailable, make_sandbox
 from devstral_jax.eval.verdict import (
     COMPILE_ERRORS,
     Program,
     Verdict,
-    multiple_status,
+    multipl_e_status,
     raised_exception,
     solution_warnings,
 )
@@ -93,7 +93,8 @@ class ExecutionPool:
     def run_one(self, program: Program) -> Verdict:
         nonce = secrets.token_hex(16)
         request = {"op": "run", "source": program.source, "file": program.file_name, "solution": program.solution,
-                   "completion": program.completion, "timeout_ms": int(self.timeout * 1000), "heap_words": self.limits.heap_mb * _WORDS, "nonce": nonce}
+                   "completion": program.completion, "timeout_ms": int(self.timeout * 1000),
+                   "heap_words": self.limits.heap_mb * _WORDS, "nonce": nonce}
         started = time.perf_counter()
         with self._pool.borrow() as worker:
             try:
@@ -160,7 +161,7 @@ def _verdict(reply: dict, program: Program, seconds: float) -> Verdict:
         status, error, exit_code = "Timeout", "timeout", None
     else:
         exit_code = reply["exit_code"]
-        status = multiple_status(exit_code, False, output)
+        status = multipl_e_status(exit_code, output)
         error = None if status == "OK" else ("heap limit" if reply["killed"] == ":killed" else
                                             reply["load_error"] or raised_exception(output) or status)
     return Verdict(status=status, exit_code=exit_code, error=error, compiled=compiled, warnings=warnings,

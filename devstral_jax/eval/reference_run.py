@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from devstral_jax.eval.verdict import Program, multiple_status
+from devstral_jax.eval.verdict import Program, multipl_e_status
 
 
 def run_elixir_file(program: Program, timeout: float = 5.0) -> tuple[str, int | None, str]:
@@ -24,4 +24,4 @@ def run_elixir_file(program: Program, timeout: float = 5.0) -> tuple[str, int | 
             output = (expired.stdout or b"") + (expired.stderr or b"")
             return "Timeout", None, output.decode("utf-8", "replace")
     output = (result.stdout + result.stderr).decode("utf-8", "replace")
-    return multiple_status(result.returncode, False, str(result)), result.returncode, output
+    return multipl_e_status(result.returncode, str(result)), result.returncode, output

@@ -46,10 +46,9 @@ class Verdict:
         return dataclasses.asdict(self)
 
 
-def multiple_status(exit_code: int | None, timed_out: bool, output: str) -> str:
-    """MultiPL-E's label for an `elixir file.exs` run that printed `output` (stdout and stderr)."""
-    if timed_out:
-        return "Timeout"
+def multipl_e_status(exit_code: int, output: str) -> str:
+    """MultiPL-E's label for an `elixir file.exs` run that exited (a run cut off by the timeout is "Timeout")
+    after printing `output` (stdout and stderr)."""
     if exit_code == 0:
         return "OK"
     if "Assertion with == failed" in output:

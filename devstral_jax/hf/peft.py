@@ -18,7 +18,7 @@ import numpy as np
 from devstral_jax.config import ModelConfig
 from devstral_jax.errors import AdapterError
 from devstral_jax.hf import param_map
-from devstral_jax.hf.atomic import atomic_directory
+from devstral_jax.atomic import atomic_directory
 from devstral_jax.hf.safetensors_io import SafetensorsWriter, read_header, read_tensor
 from devstral_jax.model import Transformer
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.config import base_config
-from data_pipeline.parse import parser_pool
+from devstral_jax.elixir.parse import parser_pool
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BENCHMARK = FIXTURES / "humaneval_ex_3.jsonl"  # 3 MultiPL-E HumanEval-Elixir problems (MIT)

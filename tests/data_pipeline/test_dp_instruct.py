@@ -10,7 +10,7 @@ import pytest
 from devstral_jax.data.records import Source
 
 from data_pipeline.instruct import InstructConfig, file_records
-from data_pipeline.parse import parse_source
+from devstral_jax.elixir.parse import parse_source
 
 TREE = Path(__file__).parent / "fixtures" / "elixir_tree" / "lib" / "my_app"
 CONFIG = InstructConfig(seed=0, fim_rate=1.0, max_value_questions=3, min_doc_chars=10, min_moduledoc_chars=20,

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from devstral_jax.elixir.parse import parse_source, parser_pool
 from devstral_jax.eval.benchmarks import BenchmarkError, load_completions, load_problems
-from devstral_jax.eval.doctests import Example, build_benchmark, doctest_examples, held_out_sources
+from devstral_jax.eval.doctests import build_benchmark, held_out_sources
 from tests.eval.conftest import SAMPLE_BENCHMARK
 
 LIBRARY = '''defmodule Geo.Util do
@@ -85,16 +86,18 @@ def test_load_completions_both_shapes_and_clear_errors(tmp_path):
 
 
 def test_doctest_examples_are_grouped_like_exunit():
-    groups = doctest_examples(LIBRARY.split('"""')[1])
-    assert groups == [[Example("Geo.Util.scale(3)", "6")],
-                      [Example("x = 4", None), Example("Geo.Util.scale(x,\n  3)", "12"),
-                       Example("Geo.Util.scale(:a)", "** (ArithmeticError) bad argument in arithmetic expression")]]
+    with parser_pool(1) as parser:
+        scale = parse_source(parser, "util.ex", LIBRARY).modules[0].functions[0]
+    assert [[(step.expr, step.expected) for step in group] for group in scale.doctests] == [
+        [("Geo.Util.scale(3)", "6")],
+        [("x = 4", None), ("Geo.Util.scale(x,\n  3)", "12"),
+         ("Geo.Util.scale(:a)", "** (ArithmeticError) bad argument in arithmetic expression")]]
 
 
 def test_doctest_benchmark_from_held_out_records_keeps_problems_whose_reference_passes(tmp_path, pool):
     source = {"kind": "hex", "package": "geo", "version": "1.0.0", "path": "lib/geo/util.ex", "licence": "MIT",
               "url": "https://hex.pm/packages/geo"}
-    shard = _write_jsonl(tmp_path / "shard.jsonl", [
+    _write_jsonl(tmp_path / "shard.jsonl", [
         {"id": "1", "kind": "text", "task": "file", "split": "validation", "source": source, "text": LIBRARY},
         {"id": "2", "kind": "text", "task": "file", "split": "train", "source": source, "text": LIBRARY}])
     sources = held_out_sources([str(tmp_path / "*.jsonl")])

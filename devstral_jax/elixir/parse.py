@@ -1,4 +1,4 @@
-"""Parsing Elixir with the real Elixir: the Python face of `elixir/parser.exs`, served by an ElixirPool.
+"""Parsing Elixir with the real Elixir: the Python face of `parser.exs`, served by an ElixirPool.
 
 One pool of long-lived workers parses every file of a run, so thousands of files cost one VM start per
 worker. The worker answers with modules, functions, docs, specs and doctests (see parser.exs).
@@ -10,9 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from devstral_jax.elixir_worker import ElixirPool
+from devstral_jax.elixir.worker import ElixirPool
 
-PARSER_SCRIPT = Path(__file__).parent / "elixir" / "parser.exs"
+PARSER_SCRIPT = Path(__file__).with_name("parser.exs")
 _PUBLIC_KINDS = ("def", "defmacro", "defguard", "defdelegate")
 
 
@@ -25,6 +25,7 @@ class DoctestStep:
     expr: str
     expected: str | None  # None: a setup step whose value is not checked
     valid: bool  # both sides read as Elixir (an exception or #Opaque<...> value is expected as text)
+    bare_assert: bool  # `assert EXPR == EXPECTED`, written as is, compares the two (Elixir's parser says so)
     calls: tuple[tuple[str, int], ...]  # calls without a module that Kernel does not provide
 
 
@@ -40,9 +41,12 @@ class Function:
     end_line: int
     signature: str
     doc: str | bool | None  # False for `@doc false`
+    doc_line: int | None  # where its @doc starts
     spec_spans: tuple[tuple[int, int], ...]
     impl: str | bool | None
     has_body: bool
+    clauses: int  # how many of its consecutive clauses have a body
+    do_line: int | None  # the `do` of the first body written `do ... end` (None for `do:` and bodiless heads)
     doctests: tuple[Doctest, ...]
 
     @property
@@ -54,6 +58,7 @@ class Function:
 class Module:
     name: str
     kind: str  # defmodule | defprotocol | defimpl
+    parent: str | None  # the module it is nested in
     line: int
     end_line: int
     moduledoc: str | bool | None
@@ -91,7 +96,7 @@ def read_erlang_terms(pool: ElixirPool, text: str) -> list[Any]:
 
 
 def _doctests(groups: list[list[dict[str, Any]]]) -> tuple[Doctest, ...]:
-    return tuple(tuple(DoctestStep(step["expr"], step["expected"], step["valid"],
+    return tuple(tuple(DoctestStep(step["expr"], step["expected"], step["valid"], step["bare_assert"],
                                    tuple((name, arity) for name, arity in step["calls"])) for step in group)
                  for group in groups)
 
@@ -99,10 +104,12 @@ def _doctests(groups: list[list[dict[str, Any]]]) -> tuple[Doctest, ...]:
 def _module(m: dict[str, Any]) -> Module:
     functions = tuple(
         Function(name=f["name"], arity=f["arity"], kind=f["kind"], line=f["line"], end_line=f["end_line"],
-                 signature=f["signature"], doc=f["doc"], spec_spans=tuple(tuple(s) for s in f["specs"]),
-                 impl=f["impl"], has_body=f["has_body"], doctests=_doctests(f["doctests"]))
+                 signature=f["signature"], doc=f["doc"], doc_line=f["doc_line"],
+                 spec_spans=tuple(tuple(s) for s in f["specs"]), impl=f["impl"], has_body=f["has_body"],
+                 clauses=f["clauses"], do_line=f["do_line"], doctests=_doctests(f["doctests"]))
         for f in m["functions"])
-    return Module(name=m["name"], kind=m["kind"], line=m["line"], end_line=m["end_line"], moduledoc=m["moduledoc"],
+    return Module(name=m["name"], kind=m["kind"], parent=m["parent"], line=m["line"], end_line=m["end_line"],
+                  moduledoc=m["moduledoc"],
                   moduledoc_span=tuple(m["moduledoc_span"]) if m["moduledoc_span"] else None,
                   behaviours=tuple(m["behaviours"]), uses=tuple(m["uses"]), functions=functions,
                   doctests=_doctests(m["doctests"]))

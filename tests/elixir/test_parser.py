@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.parse import SourceSyntaxError, parse_source, read_erlang_terms
+from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, read_erlang_terms
 
-TREE = Path(__file__).parent / "fixtures" / "elixir_tree" / "lib" / "my_app"
+# The data pipeline tests' fixture tree: the parser reads it here, the pipeline makes records of it there.
+TREE = Path(__file__).parents[1] / "data_pipeline" / "fixtures" / "elixir_tree" / "lib" / "my_app"
 
 
-def parse(pool, name):
-    return parse_source(pool, name, (TREE / name).read_bytes())
+def parse(parser, name):
+    return parse_source(parser, name, (TREE / name).read_bytes())
 
 
 def summary(function):
@@ -22,8 +23,8 @@ def steps(doctests):
     return [[(step.expr, step.expected, step.valid) for step in doctest] for doctest in doctests]
 
 
-def test_genserver_module(pool):
-    (stack,) = parse(pool, "stack.ex").modules
+def test_genserver_module(parser):
+    (stack,) = parse(parser, "stack.ex").modules
     assert (stack.name, stack.kind, stack.line, stack.end_line) == ("MyApp.Stack", "defmodule", 1, 33)
     assert stack.moduledoc == "A stack held by a GenServer process.\n\nPush and pop values from any process.\n"
     assert stack.moduledoc_span == (2, 6)
@@ -39,8 +40,8 @@ def test_genserver_module(pool):
     assert stack.functions[0].signature == "start_link(initial)"
 
 
-def test_application_and_supervisor_in_one_file(pool):
-    application, supervisor = parse(pool, "application.ex").modules
+def test_application_and_supervisor_in_one_file(parser):
+    application, supervisor = parse(parser, "application.ex").modules
     assert (application.name, application.moduledoc, application.uses) == ("MyApp.Application", False, ("Application",))
     assert [summary(f) for f in application.functions] == [("start", 2, "def", 6, 8, None, (), True, True)]
     assert (supervisor.name, supervisor.line, supervisor.end_line) == ("MyApp.Supervisor", 11, 24)
@@ -51,8 +52,8 @@ def test_application_and_supervisor_in_one_file(pool):
     ]
 
 
-def test_doctests_functions_macros_and_nested_modules(pool):
-    math, vector = parse(pool, "math.ex").modules
+def test_doctests_functions_macros_and_nested_modules(parser):
+    math, vector = parse(parser, "math.ex").modules
     assert steps(math.doctests) == [[("MyApp.Math.double(21)", "42", True)]]
     assert [summary(f)[:5] for f in math.functions] == [
         ("sum", 1, "def", 27, 27), ("double", 1, "def", 37, 37), ("internal", 1, "def", 40, 40),
@@ -73,8 +74,20 @@ def test_doctests_functions_macros_and_nested_modules(pool):
     assert [summary(f)[:6] for f in vector.functions] == [("add", 2, "def", 58, 58, "Adds two vectors.")]
 
 
-def test_behaviours_protocols_and_implementations(pool):
-    job, echo, protocol, implementation = parse(pool, "job.ex").modules
+def test_where_definitions_start_their_clauses_and_nesting(parser):
+    (stack,) = parse(parser, "stack.ex").modules
+    assert {f.name: (f.doc_line, f.do_line, f.clauses) for f in stack.functions} == {
+        "start_link": (9, 13, 1), "push": (17, None, 1), "pop": (21, None, 1), "init": (None, None, 1),
+        "handle_cast": (None, None, 1), "handle_call": (None, None, 2)}  # `do:` bodies have no do_line
+    math, vector = parse(parser, "math.ex").modules
+    assert (math.parent, vector.parent) == (None, "MyApp.Math")
+    assert [(f.name, f.doc_line, f.do_line) for f in math.functions][3:] == [("helper", None, 42), ("twice", None, 46)]
+    assert [[step.bare_assert for step in doctest] for doctest in math.functions[0].doctests] == [
+        [True], [False, True], [True]]  # a step without an expected value asserts nothing
+
+
+def test_behaviours_protocols_and_implementations(parser):
+    job, echo, protocol, implementation = parse(parser, "job.ex").modules
     assert (job.name, job.functions) == ("MyApp.Job", ())
     assert echo.behaviours == ("MyApp.Job",)
     assert [summary(f) for f in echo.functions] == [("run", 1, "def", 10, 10, None, (), "MyApp.Job", True)]
@@ -84,15 +97,15 @@ def test_behaviours_protocols_and_implementations(pool):
     assert (implementation.name, implementation.kind) == ("MyApp.Describe.Integer", "defimpl")
 
 
-def test_syntax_errors_and_non_utf8_are_reported_not_fatal(pool):
+def test_syntax_errors_and_non_utf8_are_reported_not_fatal(parser):
     with pytest.raises(SourceSyntaxError, match="syntax error at line 5: .*missing terminator"):
-        parse(pool, "broken.ex")
+        parse(parser, "broken.ex")
     with pytest.raises(SourceSyntaxError, match="not valid UTF-8"):
-        parse(pool, "latin1.ex")
-    assert parse(pool, "stack.ex").modules[0].name == "MyApp.Stack"  # the workers are still fine
+        parse(parser, "latin1.ex")
+    assert parse(parser, "stack.ex").modules[0].name == "MyApp.Stack"  # the workers are still fine
 
 
-def test_doctest_steps_that_are_not_elixir_are_marked(pool):
+def test_doctest_steps_that_are_not_elixir_are_marked(parser):
     source = '''defmodule Shell do
   @doc """
       iex> Shell.run("ls")
@@ -103,15 +116,15 @@ def test_doctest_steps_that_are_not_elixir_are_marked(pool):
   def run(cmd), do: cmd
 end
 '''
-    (module,) = parse_source(pool, "shell.ex", source).modules
+    (module,) = parse_source(parser, "shell.ex", source).modules
     (doctest,) = module.functions[0].doctests
     assert [(s.valid, s.calls) for s in doctest] == [(False, ()), (True, (("double", 1),))]  # piped: double/1
 
 
-def test_erlang_terms_are_read_by_erlang(pool):
+def test_erlang_terms_are_read_by_erlang(parser):
     text = '{<<"name">>,<<"jason">>}.\n{<<"licenses">>,[<<"Apache 2.0">>]}.\n{<<"n">>, 3}.\n'
-    assert read_erlang_terms(pool, text) == [("name", "jason"), ("licenses", ["Apache 2.0"]), ("n", 3)]
+    assert read_erlang_terms(parser, text) == [("name", "jason"), ("licenses", ["Apache 2.0"]), ("n", 3)]
     with pytest.raises(ValueError, match="missing its final"):
-        read_erlang_terms(pool, '{<<"name">>,<<"jason">>}')
+        read_erlang_terms(parser, '{<<"name">>,<<"jason">>}')
     with pytest.raises(ValueError, match="syntax error"):
-        read_erlang_terms(pool, "{a,,}.")
+        read_erlang_terms(parser, "{a,,}.")

@@ -1,18 +1,24 @@
-# The data pipeline's Elixir reader, served by devstral_jax.elixir_worker (or run once on files).
+# The one Elixir source reader, served by devstral_jax/elixir/worker.py (or run once on files): the data
+# pipeline reads every file with it, the doctest benchmark finds its functions and examples with it.
 #
 #   %{"op" => "parse", "path" => path, "source" => binary}
 #     -> %{"ok" => true, "modules" => [module]} | %{"ok" => false, "error" => message}
 #   %{"op" => "consult", "text" => binary}       (Erlang terms, as in a Hex tarball's metadata.config)
 #     -> %{"ok" => true, "terms" => [term]}    | %{"ok" => false, "error" => message}
 #
-# A module: name, kind (defmodule | defprotocol | defimpl), line, end_line, moduledoc, moduledoc_span
-# ([line, end_line] of the attribute, or nil), behaviours, uses, functions, doctests.
-# A function: name, arity, kind (def, defp, defmacro, ...), line, end_line, signature, doc, specs
-# ([line, end_line] of each @spec), impl, has_body, doctests.
+# A module: name, kind (defmodule | defprotocol | defimpl), parent (the enclosing module's name, nil at the
+# top level), line, end_line, moduledoc, moduledoc_span ([line, end_line] of the attribute, or nil),
+# behaviours, uses, functions, doctests.
+# A function (its consecutive clauses together): name, arity, kind (def, defp, defmacro, ...), line,
+# end_line, signature, doc, doc_line (of its @doc, or nil), specs ([line, end_line] of each @spec), impl,
+# has_body, clauses (how many have a body), do_line (of the first body's `do` when written `do ... end`,
+# else nil), doctests.
 # A doc is a string, false (@doc false) or nil.
-# Doctests are groups of steps %{"expr", "expected", "valid", "calls"}: expected is nil when the step
-# only sets up; valid is false when the expression or the expected value is not Elixir (e.g. shell
-# output); calls are the [name, arity] of calls without a module that Kernel does not provide.
+# Doctests are groups of steps %{"expr", "expected", "valid", "bare_assert", "calls"}: expected is nil when
+# the step only sets up; valid is false when the expression or the expected value is not Elixir (e.g.
+# shell output); bare_assert is true when `EXPR == EXPECTED`, written as is, reads as comparing the two
+# (no operator looser than `==`, no call without parentheses, no comment in EXPR takes the rest in);
+# calls are the [name, arity] of calls without a module that Kernel does not provide.
 #
 # One-shot use (for benchmarks): elixir parser.exs FILE... prints one summary line per file.
 
@@ -63,6 +69,7 @@ defmodule SourceReader do
             Map.merge(info, %{
               "name" => name,
               "kind" => Atom.to_string(kind),
+              "parent" => parent,
               "line" => meta[:line],
               "end_line" => end_line(node)
             })
@@ -141,6 +148,7 @@ defmodule SourceReader do
       functions: [],
       specs: %{},
       doc: nil,
+      doc_line: nil,
       impl: nil,
       nested: []
     }
@@ -187,10 +195,10 @@ defmodule SourceReader do
     end
   end
 
-  defp body_expression({:@, _, [{:doc, _, [value]}]}, state, _name) do
+  defp body_expression({:@, meta, [{:doc, _, [value]}]}, state, _name) do
     case doc_value(value) do
       :keep -> state
-      doc -> %{state | doc: doc}
+      doc -> %{state | doc: doc, doc_line: meta[:line]}
     end
   end
 
@@ -226,11 +234,20 @@ defmodule SourceReader do
     arity = length(args)
     kind = Atom.to_string(kind)
     has_body = rest != [] and kind != "defdelegate"
+    do_line = if has_body, do: meta[:do][:line]
+    clauses = if has_body, do: 1, else: 0
 
     case state.functions do
       [%{"name" => ^fun_name, "arity" => ^arity, "kind" => ^kind} = last | others] ->
-        last = %{last | "end_line" => end_line(node), "has_body" => last["has_body"] or has_body}
-        %{state | functions: [last | others], doc: nil, impl: nil}
+        last = %{
+          last
+          | "end_line" => end_line(node),
+            "has_body" => last["has_body"] or has_body,
+            "clauses" => last["clauses"] + clauses,
+            "do_line" => last["do_line"] || do_line
+        }
+
+        %{state | functions: [last | others], doc: nil, doc_line: nil, impl: nil}
 
       functions ->
         function = %{
@@ -241,12 +258,15 @@ defmodule SourceReader do
           "end_line" => end_line(node),
           "signature" => Macro.to_string({String.to_atom(fun_name), [], args}),
           "doc" => state.doc,
+          "doc_line" => state.doc_line,
           "impl" => state.impl,
           "has_body" => has_body,
+          "clauses" => clauses,
+          "do_line" => do_line,
           "doctests" => doctests(state.doc)
         }
 
-        %{state | functions: [function | functions], doc: nil, impl: nil}
+        %{state | functions: [function | functions], doc: nil, doc_line: nil, impl: nil}
     end
   end
 
@@ -354,11 +374,18 @@ defmodule SourceReader do
             "expr" => expr,
             "expected" => expected,
             "valid" => valid_expected?(expected),
+            "bare_assert" => bare_assert?(expr, ast, expected),
             "calls" => local_calls(ast)
           }
 
         {:error, _} ->
-          %{"expr" => expr, "expected" => expected, "valid" => false, "calls" => []}
+          %{
+            "expr" => expr,
+            "expected" => expected,
+            "valid" => false,
+            "bare_assert" => false,
+            "calls" => []
+          }
       end
 
     %{state | steps: [step | state.steps], step: nil}
@@ -400,6 +427,22 @@ defmodule SourceReader do
         Code.string_to_quoted(expected, emit_warnings: false)
       )
   end
+
+  # Elixir's own parser decides what `EXPR == EXPECTED` means: `x = 1 == 1` binds x to true,
+  # `if a, do: 1, else: 2 == 2` compares inside the else, `f() # comment == 1` compares nothing.
+  defp bare_assert?(_expr, _ast, nil), do: false
+
+  defp bare_assert?(expr, ast, expected) do
+    with {:ok, expected_ast} <- Code.string_to_quoted(expected, emit_warnings: false),
+         {:ok, comparison} <-
+           Code.string_to_quoted("#{expr} == #{expected}", emit_warnings: false) do
+      without_meta(comparison) == without_meta({:==, [], [ast, expected_ast]})
+    else
+      _ -> false
+    end
+  end
+
+  defp without_meta(ast), do: Macro.prewalk(ast, &Macro.update_meta(&1, fn _ -> [] end))
 
   defp close_group(state) do
     state = close_step(state)

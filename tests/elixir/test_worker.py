@@ -1,11 +1,11 @@
-"""devstral_jax.elixir_worker against a real `elixir`: the protocol, errors, crashes, timeouts, the pool."""
+"""devstral_jax.elixir.worker against a real `elixir`: the protocol, errors, crashes, timeouts, the pool."""
 
 import threading
 
 import pytest
 
-from devstral_jax.elixir_worker import (Atom, ElixirPool, ElixirWorker, WorkerCrashed, WorkerError, WorkerTimeout,
-                                        decode_term, encode_term)
+from devstral_jax.elixir.terms import Atom, decode_term, encode_term
+from devstral_jax.elixir.worker import ElixirPool, ElixirWorker, WorkerCrashed, WorkerError, WorkerTimeout
 
 SERVER = r"""
 ElixirWorker.serve(fn

@@ -1,5 +1,5 @@
 # The installed Elixir's own modules as Elixir source, rebuilt from their docs chunks (Code.fetch_docs)
-# and typespecs, served by devstral_jax.elixir_worker:
+# and typespecs, served by devstral_jax/elixir/worker.py for otp_docs.py:
 #
 #   %{"op" => "version"}              -> System.version()
 #   %{"op" => "app", "app" => "elixir"} -> [%{"path" => "lib/elixir/lib/enum.ex", "source" => binary}]
