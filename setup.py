@@ -39,7 +39,10 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["devstral_jax", "devstral_jax.*", "data_pipeline", "data_pipeline.*"]),
-    package_data={"data_pipeline": ["sources/*.exs"], "devstral_jax": ["data/sample/*", "elixir/*.exs", "eval/*.exs"]},
+    package_data={
+        "data_pipeline": ["sources/*.exs"],
+        "devstral_jax": ["data/sample/*", "elixir/*.exs", "eval/*.exs", "eval/data/*.jsonl", "eval/data/*.md"],
+    },
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )
