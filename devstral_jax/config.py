@@ -10,9 +10,9 @@ from typing import Any, Mapping
 import ml_collections
 
 from devstral_jax.errors import ConfigError
+from devstral_jax.quant import formats
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "offload")
-STORAGES = ("dense", "nf4", "int8")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -49,7 +49,7 @@ class ModelConfig:
     remat_policy: str = "full"  # what a layer saves for the backward pass; see REMAT_POLICIES
     attention_impl: str = "xla"  # see devstral_jax/model/attention_kernels.py
     # Frozen-base storage per module group (QLoRA: "nf4"); embeddings, norms and lm_head stay dense.
-    attn_storage: str = "dense"  # q/k/v/o kernels: dense | nf4 | int8
+    attn_storage: str = "dense"  # q/k/v/o kernels: dense | nf4 | int8 (quant/formats.py)
     mlp_storage: str = "dense"  # gate/up/down kernels: dense | nf4 | int8
     # LoRA adapters (devstral_jax/lora.py); rank 0 means none.
     lora_rank: int = 0
@@ -80,8 +80,8 @@ class ModelConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}.")
         for name in ("attn_storage", "mlp_storage"):
-            if getattr(self, name) not in STORAGES:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {STORAGES}.")
+            if getattr(self, name) not in formats.FORMATS:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {tuple(formats.FORMATS)}.")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # ml_collections may hand a list
         unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
         if unknown:

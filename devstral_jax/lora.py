@@ -1,26 +1,35 @@
 """LoRA adapters: y = x W + (alpha / r) * dropout(x) A B, with A random, B zero, both float32.
 
-Only `LoRAParam`s are trained: pass `LoRAParam` as the filter to `nnx.Optimizer(..., wrt=LoRAParam)`
-and to `nnx.grad`/`nnx.DiffState`, and the frozen base (dense or quantized) gets neither gradients nor
-optimizer state. `merge` folds the adapters into the base for export; `unmerge` takes them out again.
+Only `LoRAParam`s (Flax's `nnx.LoRAParam`) are trained: pass `LoRAParam` as the filter to
+`nnx.Optimizer(..., wrt=LoRAParam)` and to `nnx.grad`/`nnx.DiffState`, and the frozen base (dense or
+quantized) gets neither gradients nor optimizer state. `merge` folds the adapters into the base for export;
+`unmerge` takes them out again. `delta` is the one computation of what an adapter adds to its kernel.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from flax.nnx import LoRAParam
+
+Array = TypeVar("Array", jax.Array, np.ndarray)
 
 
-class LoRAParam(nnx.Param):
-    """An adapter weight: the only parameters that get gradients and optimizer state."""
+def delta(a: Array, b: Array, scale: float) -> Array:
+    """scale * A B: what an adapter (A `[..., in, r]`, B `[..., r, out]`) adds to its `[..., in, out]` kernel.
+
+    The same on JAX and NumPy arrays, so a model in memory and a PEFT adapter on disk merge alike.
+    """
+    return a @ b * scale
 
 
 class LoRA(nnx.Module):
-    """The low-rank update of one `[in, out]` projection. A `[in, r]`, B `[r, out]` (PEFT's lora_A/lora_B, transposed)."""
+    """The low-rank update of one `[in, out]` projection: A `[in, r]`, B `[r, out]` (PEFT's lora_A/B transposed)."""
 
     def __init__(self, in_features: int, out_features: int, *, rank: int, alpha: float, dropout: float,
                  axes: tuple[str, str], rngs: nnx.Rngs):
@@ -39,9 +48,10 @@ class LoRA(nnx.Module):
             x = jnp.where(keep, x / (1.0 - self.dropout), 0.0)
         return (x @ self.a[...]) @ self.b[...] * self.scale
 
-    def delta(self) -> jax.Array:
-        """scale * A B: what the adapter adds to the `[..., in, out]` kernel."""
-        return jnp.matmul(self.a[...], self.b[...]) * self.scale
+    def delta(self, layer: int | None = None) -> jax.Array:
+        """What the adapter adds to the `[..., in, out]` kernel; with `layer`, to that row of a stacked one only."""
+        a, b = (self.a[...], self.b[...]) if layer is None else (self.a[...][layer], self.b[...][layer])
+        return delta(a, b, self.scale)
 
 
 def spec(config: Any, module_name: str) -> dict[str, Any] | None:

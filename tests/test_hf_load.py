@@ -17,7 +17,7 @@ from devstral_jax.hf.load import load
 from devstral_jax.hf.model_dir import ModelDirError
 from devstral_jax.hf.safetensors_io import SafetensorsError
 from devstral_jax.model import Transformer
-from devstral_jax.model.linear import NF4Kernel
+from devstral_jax.model.linear import QuantizedKernel
 from devstral_jax.quant import nf4
 from tests.hf_helpers import save_consolidated_checkpoint, save_hf_checkpoint
 from tests.model_helpers import TINY, hf_logits, max_relative_error
@@ -66,7 +66,7 @@ def test_nf4_on_load_matches_quantizing_the_dense_weights_and_reports_each_tenso
         if name.lora_target is None:
             np.testing.assert_array_equal(got[...][0], want)
             continue
-        assert isinstance(got, NF4Kernel)
+        assert isinstance(got, QuantizedKernel) and got.storage == "nf4"
         got, want = jax.tree.map(lambda x: x[0], got.quantized()), nf4.quantize(want)
         np.testing.assert_array_equal(got.codes, want.codes, err_msg=name.hf_name)
         np.testing.assert_array_equal(got.scale_codes, want.scale_codes, err_msg=name.hf_name)

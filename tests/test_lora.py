@@ -12,7 +12,7 @@ from devstral_jax.config import ConfigError
 from devstral_jax.hf import param_map
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
-from devstral_jax.model.linear import NF4Kernel
+from devstral_jax.model.linear import QuantizedKernel
 from devstral_jax.quant import nf4
 from tests.model_helpers import TINY, max_relative_error
 
@@ -113,7 +113,8 @@ def test_merging_into_a_quantized_base_dense_or_requantized():
     assert max_relative_error(model(TOKENS), adapted) <= 1e-5
 
     lora.merge(requantized, requantize=True)  # back to NF4: smaller, lossy, not unmergeable
-    assert isinstance(requantized.layers.attn.q_proj.kernel, NF4Kernel)
+    kernel = requantized.layers.attn.q_proj.kernel
+    assert isinstance(kernel, QuantizedKernel) and kernel.storage == "nf4"
     for name in ("q_proj", "o_proj"):  # exactly NF4 of the dense merge
         expected = nf4.quantize(getattr(model.layers.attn, name).kernel[...])
         got = getattr(requantized.layers.attn, name).kernel.quantized()

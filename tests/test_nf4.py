@@ -10,9 +10,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from devstral_jax.config import preset
+from devstral_jax.config import ConfigError, preset
 from devstral_jax.model import Transformer
-from devstral_jax.quant import int8, nf4
+from devstral_jax.model.linear import QuantizedKernel
+from devstral_jax.quant import formats, int8, nf4
 from devstral_jax.quant.report import format_table, measure
 
 
@@ -102,8 +103,8 @@ def test_quantize_and_dequantize_on_an_8_device_mesh_equal_one_device():
     w = jax.random.normal(jax.random.key(2), (512, 256), jnp.float32)
     expected = nf4.quantize(w)
     kernel_spec = ("fsdp", "tensor")
-    nf4.check_shardable(w.shape, input_shards=4)
-    out_shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), nf4.partition_specs(kernel_spec))
+    formats.NF4.check_shardable(w.shape, input_shards=4)
+    out_shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), formats.NF4.partition_specs(kernel_spec))
     sharded_w = jax.device_put(w, NamedSharding(mesh, P(*kernel_spec)))
     sharded = jax.jit(nf4.quantize, out_shardings=out_shardings)(sharded_w)
     for ours, reference in zip(jax.tree.leaves(sharded), jax.tree.leaves(expected)):
@@ -121,9 +122,29 @@ def test_bad_shapes_are_clear_errors():
     with pytest.raises(ValueError, match="divisible by the block size 64"):
         nf4.quantize(jnp.ones((100, 64)))
     with pytest.raises(ValueError, match="whole number of 64-row blocks"):
-        nf4.check_shardable((192, 64), input_shards=2)
+        formats.NF4.check_shardable((192, 64), input_shards=2)
     with pytest.raises(ValueError, match=r"\[\.\.\., in, out\]"):
         nf4.quantize(jnp.ones((128,)))
+
+
+@pytest.mark.parametrize("storage", ["nf4", "int8"])
+def test_a_quantized_kernel_holds_its_formats_fields_laid_out_as_the_format_says(storage):
+    storage_format = formats.get(storage)
+    axes = ("layers", "embed", "mlp")
+    w = jax.random.normal(jax.random.key(5), (2, 128, 64))
+    kernel = QuantizedKernel(w, axes, storage)
+    variables = {path[0]: variable for path, variable in nnx.to_flat_state(nnx.state(kernel))}
+    assert sorted(variables) == sorted(storage_format.leaves) and kernel.axes == axes
+    for leaf, leaf_axes in storage_format.leaf_axes(axes).items():
+        # One logical axis per dimension: sharding.logical_to_spec pairs them up.
+        assert variables[leaf].get_metadata()["logical_axes"] == leaf_axes
+        assert len(leaf_axes) == variables[leaf].ndim, leaf
+    for got, want in zip(jax.tree.leaves(kernel.quantized()), jax.tree.leaves(storage_format.quantize(w))):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(kernel.dequantize(jnp.float32),
+                                  storage_format.dequantize(storage_format.quantize(w), jnp.float32))
+    with pytest.raises(ConfigError, match=r"Unknown weight storage 'fp8'; choose one of \('dense', 'nf4', 'int8'\)"):
+        formats.get("fp8")
 
 
 def test_int8_per_channel_error_and_size():

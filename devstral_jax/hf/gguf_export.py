@@ -115,21 +115,21 @@ def _encode(name: str, tensor: np.ndarray, rope_heads: int | None, kind: gguf.GG
     return encoded
 
 
+# GGUFWriter method -> the ModelConfig field it writes: llama.cpp's `llama.*` hyperparameters.
+_HYPERPARAMETERS = {
+    "add_block_count": "num_layers", "add_context_length": "max_position_embeddings",
+    "add_embedding_length": "hidden_size", "add_feed_forward_length": "intermediate_size",
+    "add_head_count": "num_heads", "add_head_count_kv": "num_kv_heads", "add_key_length": "head_dim",
+    "add_value_length": "head_dim", "add_rope_dimension_count": "head_dim", "add_rope_freq_base": "rope_theta",
+    "add_layer_norm_rms_eps": "rms_norm_eps", "add_vocab_size": "vocab_size",
+}
+
+
 def _add_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str, file_type: int) -> None:
     writer.add_name(name)
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_block_count(config.num_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_heads)
-    writer.add_head_count_kv(config.num_kv_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
+    for method, field in _HYPERPARAMETERS.items():
+        getattr(writer, method)(getattr(config, field))
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 

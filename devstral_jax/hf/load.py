@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -35,18 +34,9 @@ from devstral_jax.hf.model_dir import ModelDir, open_model_dir
 from devstral_jax.hf.param_map import ParamName
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
-from devstral_jax.model.linear import Int8Kernel, NF4Kernel
-from devstral_jax.quant import int8, nf4
+from devstral_jax.quant import formats
 from devstral_jax.quant.report import QuantRow, format_table, measure
 from devstral_jax.tokenizer import load_tekken
-
-# (path like "layers/attn/q_proj/kernel/codes", logical axes, shape) -> how that array is sharded on the mesh.
-PartitionSpecFn = Callable[[str, tuple[str | None, ...], tuple[int, ...]], P]
-
-
-def replicated(path: str, logical_axes: tuple[str | None, ...], shape: tuple[int, ...]) -> P:
-    """Every device holds every parameter whole."""
-    return P()
 
 
 @dataclasses.dataclass
@@ -62,54 +52,33 @@ class Loaded:
         return load_tekken(self.tokenizer_file) if self.tokenizer_file else None
 
 
-def load(path: str | os.PathLike, *, format: str = "auto", mesh: Mesh | None = None,
-         partition_spec: PartitionSpecFn | None = None, seed: int = 0, progress: bool = True,
-         **execution: Any) -> Loaded:
+def load(path: str | os.PathLike, *, format: str = "auto", mesh: Mesh | None = None, seed: int = 0,
+         progress: bool = True, **execution: Any) -> Loaded:
     """Loads the checkpoint at `path` (HF or consolidated, see model_dir.py) onto `mesh` (default: the first device).
 
-    Each array is placed by `partition_spec` (default: sharding.py's logical-axis rules on `mesh`, or whole
-    on the one device without a mesh). `execution` sets ModelConfig's execution fields, e.g.
-    `param_dtype="bfloat16", mlp_storage="nf4", lora_rank=16`; `seed` initialises LoRA adapters. Checkpoint
-    problems raise ModelDirError/ConfigError before any weight is read.
+    Each array is placed by sharding.py's logical-axis rules on `mesh`. `execution` sets ModelConfig's
+    execution fields, e.g. `param_dtype="bfloat16", mlp_storage="nf4", lora_rank=16`; `seed` initialises LoRA
+    adapters. Checkpoint problems raise ModelDirError/ConfigError before any weight is read.
     """
     model_dir = open_model_dir(path, format, **execution)
     config = model_dir.config
-    if partition_spec is None:
-        partition_spec = replicated if mesh is None else \
-            (lambda _, axes, shape: sharding.logical_to_spec(axes, shape, mesh))
-    mesh = mesh if mesh is not None else Mesh(np.array(jax.devices()[:1]), ("data",))
+    mesh = mesh if mesh is not None else sharding.make_mesh({}, jax.devices()[:1])
     model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(seed)))
-    placement = _Placement(mesh, partition_spec)
 
     report: list[QuantRow] = []
     with tqdm(total=model_dir.nbytes, unit="B", unit_scale=True, desc=f"loading {os.path.basename(path)}",
               disable=not progress) as bar:
         for names in _targets(model, model_dir.names):
-            report += _load_target(model, model_dir, names, placement, bar)
+            report += _load_target(model, model_dir, names, mesh, bar)
     if progress and report:
         print(format_table(report), file=sys.stderr)
     if config.lora_rank:
-        _init_lora(model, config, seed, placement)
+        _init_lora(model, config, seed, mesh)
     for variable_path, variable in nnx.iter_graph(model):
         if isinstance(variable, nnx.Variable) and isinstance(variable.get_value(), jax.ShapeDtypeStruct):
             # A bug here, not a problem of the input.
             raise RuntimeError(f"Parameter {'/'.join(map(str, variable_path))} was not loaded.")
     return Loaded(model, config, report, model_dir.tokenizer_file)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Placement:
-    mesh: Mesh
-    partition_spec: PartitionSpecFn
-
-    def spec(self, path: str, axes: tuple[str | None, ...], shape: tuple[int, ...]) -> tuple:
-        """The PartitionSpec as a tuple with one entry per dimension."""
-        spec = tuple(self.partition_spec(path, tuple(axes), tuple(shape)))
-        return spec + (None,) * (len(shape) - len(spec))
-
-    def of(self, path: str, variable: nnx.Variable) -> NamedSharding:
-        spec = self.spec(path, variable.get_metadata()["logical_axes"], variable.shape)
-        return NamedSharding(self.mesh, P(*spec))
 
 
 def _targets(model: Transformer, names: list[ParamName]) -> list[list[ParamName]]:
@@ -121,28 +90,27 @@ def _targets(model: Transformer, names: list[ParamName]) -> list[list[ParamName]
     return list(groups.values())
 
 
-def _load_target(model: Transformer, model_dir: ModelDir, names: list[ParamName], placement: _Placement,
+def _load_target(model: Transformer, model_dir: ModelDir, names: list[ParamName], mesh: Mesh,
                  bar: tqdm) -> list[QuantRow]:
     """Fills one parameter (a Variable, or the fields of a quantized kernel) from its HF tensor(s), layer by layer."""
     stacked = param_map.is_stacked(model, names[0])
     target = param_map.get_variable(model, names[0])
-    path = "/".join(names[0].path)
-    if isinstance(target, nnx.Variable):
-        quantizer, variables, axes = None, {"": target}, target.get_metadata()["logical_axes"]
+    if isinstance(target, nnx.Variable):  # an embedding, a norm or a dense kernel: one variable, stored as it is
+        storage_format, variables, axes = formats.DENSE, {"": target}, target.get_metadata()["logical_axes"]
     else:
-        quantizer = _QUANTIZERS[type(target)]
-        variables = {f.name: getattr(target, f.name) for f in dataclasses.fields(quantizer.array)}
-        axes = target.axes
-    shardings = {field: placement.of(f"{path}/{field}".rstrip("/"), v) for field, v in variables.items()}
+        storage_format, axes = target.format, target.axes
+        variables = {leaf: getattr(target, leaf) for leaf in storage_format.leaves}
+    shardings = {field: NamedSharding(mesh, sharding.variable_spec(v, mesh)) for field, v in variables.items()}
     row_shardings = {field: _without_layers(s) for field, s in shardings.items()} if stacked else shardings
     transpose = names[0].transpose
     hf_shape = model_dir.stored[names[0].hf_name].shape
     our_shape = hf_shape[::-1] if transpose else hf_shape
     # The HF tensor goes to the devices as stored ([out, in] for projections), sharded as its transpose will be;
     # XLA transposes it there (faster than NumPy on the host, and no host copy).
-    spec = placement.spec(path, axes[1:] if stacked else axes, our_shape)
-    hf_sharding = NamedSharding(placement.mesh, P(*(reversed(spec) if transpose else spec)))
-    convert = _converter(quantizer, {field: v.dtype for field, v in variables.items()}, row_shardings, transpose)
+    spec = tuple(sharding.logical_to_spec(axes[1:] if stacked else axes, our_shape, mesh))
+    hf_sharding = NamedSharding(mesh, P(*(reversed(spec) if transpose else spec)))
+    dtypes = {field: v.dtype for field, v in variables.items()}
+    convert = _converter(storage_format, dtypes, row_shardings, transpose)
     if stacked:
         values = {field: _zeros(v.shape, v.dtype, shardings[field]) for field, v in variables.items()}
         set_row = _row_setter(shardings)
@@ -152,11 +120,11 @@ def _load_target(model: Transformer, model_dir: ModelDir, names: list[ParamName]
         host = model_dir.read(name)
         hf_tensor = jax.make_array_from_callback(host.shape, hf_sharding, lambda index: host[index])
         row = convert(hf_tensor)
-        if quantizer is None:
+        if not storage_format.quantized:
             return row, None
-        restored = quantizer.restore(quantizer.array(**row), jnp.float32, transpose)
+        restored = _restore(storage_format, storage_format.array(**row), transpose)
         stored_bytes = sum(int(x.nbytes) for x in row.values())
-        return row, measure(name.hf_name, hf_tensor, restored, quantizer.storage, stored_bytes)
+        return row, measure(name.hf_name, hf_tensor, restored, storage_format.name, stored_bytes)
 
     report = []
     for name in names:
@@ -170,24 +138,11 @@ def _load_target(model: Transformer, model_dir: ModelDir, names: list[ParamName]
     return report
 
 
-@dataclasses.dataclass(frozen=True)
-class _Quantizer:
-    array: type  # nf4.NF4Array | int8.Int8Array: its fields are the kernel module's variables
-    quantize: Callable
-    restore: Callable  # (fields, dtype, transpose) -> the HF-layout weight they stand for
-    storage: str
-
-
-def _restorer(dequantize: Callable) -> Callable:
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _restore(storage_format: formats.Format, quantized: Any, transpose: bool) -> jax.Array:
     """Quantized fields -> the float32 weight in HF layout (transposed back when `transpose`), for the report."""
-    return jax.jit(lambda q, dtype, transpose: dequantize(q, dtype).T if transpose else dequantize(q, dtype),
-                   static_argnums=(1, 2))
-
-
-_QUANTIZERS = {
-    NF4Kernel: _Quantizer(nf4.NF4Array, nf4.quantize, _restorer(nf4.dequantize), "nf4"),
-    Int8Kernel: _Quantizer(int8.Int8Array, int8.quantize, _restorer(int8.dequantize), "int8"),
-}
+    weight = storage_format.dequantize(quantized, jnp.float32)
+    return weight.T if transpose else weight
 
 
 def _without_layers(sharding: NamedSharding) -> NamedSharding:
@@ -199,16 +154,16 @@ def _zeros(shape: tuple[int, ...], dtype: jnp.dtype, sharding: NamedSharding) ->
     return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
 
 
-def _converter(quantizer: _Quantizer | None, dtypes: dict[str, jnp.dtype], out_shardings: dict[str, NamedSharding],
-               transpose: bool) -> Callable[[jax.Array], dict[str, jax.Array]]:
+def _converter(storage_format: formats.Format, dtypes: dict[str, jnp.dtype],
+               out_shardings: dict[str, NamedSharding], transpose: bool) -> Callable[[jax.Array], dict[str, jax.Array]]:
     """HF tensor -> {field: array}: transposed to `[in, out]` if need be, then cast to the parameter dtype or
     quantized into the kernel's fields."""
 
     def convert(hf_tensor: jax.Array) -> dict[str, jax.Array]:
         dense = hf_tensor.T if transpose else hf_tensor
-        if quantizer is None:
+        if not storage_format.quantized:
             return {"": dense.astype(dtypes[""])}
-        quantized = quantizer.quantize(dense.astype(jnp.float32))
+        quantized = storage_format.quantize(dense.astype(jnp.float32))
         return {field: getattr(quantized, field).astype(dtypes[field]) for field in dtypes}
 
     return jax.jit(convert, out_shardings=out_shardings)
@@ -225,11 +180,11 @@ def _row_setter(shardings: dict[str, NamedSharding]) -> Callable:
     return jax.jit(set_row, donate_argnums=0, out_shardings=shardings)
 
 
-def _init_lora(model: Transformer, config: ModelConfig, seed: int, placement: _Placement) -> None:
+def _init_lora(model: Transformer, config: ModelConfig, seed: int, mesh: Mesh) -> None:
     """LoRA parameters exactly as `Transformer(config, rngs=nnx.Rngs(seed))` initialises them. Under jit the
     base weights that this init also draws are dead code: XLA never computes them."""
     fresh = dict(nnx.to_flat_state(jax.jit(lambda: nnx.state(Transformer(config, rngs=nnx.Rngs(seed)), LoRAParam))()))
     for path, variable in nnx.iter_graph(model):
         if isinstance(variable, LoRAParam):
-            sharding = placement.of("/".join(map(str, path)), variable)
-            variable.set_value(jax.device_put(fresh[tuple(path)][...], sharding))
+            placement = NamedSharding(mesh, sharding.variable_spec(variable, mesh))
+            variable.set_value(jax.device_put(fresh[tuple(path)][...], placement))

@@ -19,8 +19,7 @@ from flax import nnx
 
 from devstral_jax.config import ModelConfig
 from devstral_jax.model import Transformer
-from devstral_jax.model.linear import Linear
-from devstral_jax.quant import int8, nf4
+from devstral_jax.model.linear import Linear, QuantizedKernel
 
 # HF suffix within `model.layers.{i}.` -> our path within a Block, whether it is transposed, and the
 # consolidated suffix within `layers.{i}.`.
@@ -100,7 +99,7 @@ def owner(model: Transformer, name: ParamName) -> tuple[nnx.Module, str]:
     return node, name.path[-1]
 
 
-def get_variable(model: Transformer, name: ParamName) -> nnx.Variable | nnx.Module:
+def get_variable(model: Transformer, name: ParamName) -> nnx.Variable | QuantizedKernel:
     """What holds `name`: a Variable, or a quantized kernel module (stacked over layers when scanned)."""
     return getattr(*owner(model, name))
 
@@ -133,7 +132,7 @@ def load_state_dict(model: Transformer, get_tensor: Callable[[str], np.ndarray])
         if isinstance(target, nnx.Variable):
             target.set_value(jnp.asarray(value, dtype=target[...].dtype))
         else:
-            setattr(module, attr, type(target)(jnp.asarray(value, jnp.float32), target.axes))
+            setattr(module, attr, QuantizedKernel(jnp.asarray(value, jnp.float32), target.axes, target.storage))
 
 
 def state_dict(model: Transformer, merge_lora: bool = False) -> Iterator[tuple[str, np.ndarray]]:
@@ -145,22 +144,16 @@ def state_dict(model: Transformer, merge_lora: bool = False) -> Iterator[tuple[s
         layer = name.layer if is_stacked(model, name) else None
         value = _weight(getattr(module, attr), layer)
         if merge_lora and isinstance(module, Linear) and module.lora is not None and not module.lora_merged:
-            a, b = module.lora.a[...], module.lora.b[...]
-            if layer is not None:
-                a, b = a[layer], b[layer]
-            value = value.astype(jnp.float32) + jnp.matmul(a, b) * module.lora.scale
+            value = value.astype(jnp.float32) + module.lora.delta(layer)
         value = np.asarray(value)
         yield name.hf_name, value.T if name.transpose else value
 
 
-_DEQUANTIZE = {nf4.NF4Array: nf4.dequantize, int8.Int8Array: int8.dequantize}
-
-
-def _weight(target: nnx.Variable | nnx.Module, layer: int | None) -> jax.Array:
+def _weight(target: nnx.Variable | QuantizedKernel, layer: int | None) -> jax.Array:
     """A Variable's value, or a quantized kernel dequantized to float32; only row `layer` of a stacked one."""
     if isinstance(target, nnx.Variable):
         return target[...] if layer is None else target[...][layer]
     quantized = target.quantized()
     if layer is not None:
         quantized = jax.tree.map(lambda x: x[layer], quantized)
-    return _DEQUANTIZE[type(quantized)](quantized, jnp.float32)
+    return target.format.dequantize(quantized, jnp.float32)

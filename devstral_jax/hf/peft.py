@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from devstral_jax import lora
 from devstral_jax.config import ModelConfig
 from devstral_jax.errors import AdapterError
 from devstral_jax.hf import param_map
@@ -48,8 +49,7 @@ class Adapter:
         """What the adapter adds to the module's HF `[out, in]` weight, or None if it does not adapt it."""
         if module not in self.weights:
             return None
-        a, b = self.weights[module]
-        return (a @ b * np.float32(self.scale)).T
+        return lora.delta(*self.weights[module], self.scale).T
 
 
 def adapter_from_model(model: Transformer) -> Adapter:

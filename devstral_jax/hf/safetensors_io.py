@@ -1,9 +1,12 @@
 """safetensors files read and written one tensor at a time, so memory stays bounded by a tensor, not a file.
 
 The format: an 8-byte little-endian header length, a JSON header `{name: {dtype, shape, data_offsets}}`
-(plus an optional `__metadata__`), then the raw little-endian bytes. `safetensors.safe_open` memory-maps
-whole files, whose touched pages stay resident; here a read allocates exactly one tensor, and a truncated
-or corrupt file is reported by name from its header, before anything is loaded.
+(plus an optional `__metadata__`), then the raw little-endian bytes. `read_header` checks a header against
+its file's size, so a truncated or corrupt file is reported by file and tensor name before anything is
+loaded (`safetensors` itself only says the buffer is incomplete). Tensors are then read by
+`safetensors.safe_open`, opened for one tensor at a time: its memory map, whose touched pages count as
+resident while it is open, never outlives the read. The writer streams: `safetensors` can only write a
+file whose tensors are all in memory at once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from devstral_jax.errors import SafetensorsError
 
@@ -30,13 +34,12 @@ _ALIGNMENT = 8  # the header is padded with spaces so the data starts 8-byte ali
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
-    """Where one tensor lives: its file, dtype, shape and absolute byte range."""
+    """One tensor of a file: its name there, dtype, shape and size."""
 
     name: str
     file: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    offset: int
     nbytes: int
 
 
@@ -74,19 +77,17 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
         if data_start + end > size:
             raise SafetensorsError(f"{path} is truncated: tensor {name} ends at byte {data_start + end} but the file "
                                    f"has {size} bytes.")
-        tensors[name] = TensorInfo(name, path, dtype, shape, data_start + begin, nbytes)
+        tensors[name] = TensorInfo(name, path, dtype, shape, nbytes)
     return tensors
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:
     """The tensor's values in a freshly allocated array (nothing else of the file is read or kept)."""
-    out = np.empty(info.shape, info.dtype)
-    with open(info.file, "rb") as f:
-        f.seek(info.offset)
-        read = f.readinto(out.reshape(-1).view(np.uint8))
-    if read != info.nbytes:
-        raise SafetensorsError(f"{info.file} is truncated: tensor {info.name} has {read} of its {info.nbytes} bytes.")
-    return out
+    try:
+        with safe_open(info.file, framework="numpy") as f:
+            return f.get_tensor(info.name)
+    except (OSError, SafetensorError) as e:  # the file changed since its header was read
+        raise SafetensorsError(f"Cannot read tensor {info.name} from {info.file}: {e}") from None
 
 
 class SafetensorsWriter:

@@ -1,4 +1,4 @@
-"""Linear layers with `[in, out]` kernels: dense, NF4 or int8 storage, and an optional LoRA adapter.
+"""Linear layers with `[in, out]` kernels: dense, NF4 or int8 storage (quant/formats.py), and an optional LoRA adapter.
 
 Every projection in the model is a `Linear`; its kernel is dequantized inside the jitted matmul, so a
 quantized model computes exactly what a dense model holding the dequantized weights computes.
@@ -6,62 +6,44 @@ quantized model computes exactly what a dense model holding the dequantized weig
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from devstral_jax.config import STORAGES
-from devstral_jax.errors import ConfigError
 from devstral_jax.lora import LoRA
-from devstral_jax.quant import int8, nf4
+from devstral_jax.quant import formats
 
 
 class FrozenWeight(nnx.Variable):
     """Quantized base weights: never trained, so never in gradients or optimizer state."""
 
 
-class NF4Kernel(nnx.Module):
-    """An NF4 kernel with double-quantized scales (devstral_jax/quant/nf4.py)."""
+class QuantizedKernel(nnx.Module):
+    """A kernel in a quantized format (quant/formats.py): one FrozenWeight per field of the format's array."""
 
-    def __init__(self, kernel: jax.Array, axes: tuple[str, ...]):
-        q = nf4.quantize(kernel)
-        leading = tuple(axes[:-2])  # ('layers',) when re-quantizing a stacked kernel
-        self.codes = FrozenWeight(q.codes, logical_axes=axes)
-        self.scale_codes = FrozenWeight(q.scale_codes, logical_axes=axes)
-        self.group_scales = FrozenWeight(q.group_scales, logical_axes=(*leading, None))
-        self.scale_offset = FrozenWeight(q.scale_offset, logical_axes=leading)
+    def __init__(self, kernel: jax.Array, axes: tuple[str, ...], storage: str):
+        self.storage = storage
+        stored = self.format.quantize(kernel)
+        for leaf, leaf_axes in self.format.leaf_axes(axes).items():
+            setattr(self, leaf, FrozenWeight(getattr(stored, leaf), logical_axes=leaf_axes))
+
+    @property
+    def format(self) -> formats.Format:
+        return formats.FORMATS[self.storage]
 
     @property
     def axes(self) -> tuple[str, ...]:
-        return self.codes.get_metadata()["logical_axes"]
+        """The kernel's logical axes (with `layers` when stacked): those of its first field, which lies like it."""
+        return getattr(self, self.format.leaves[0]).get_metadata()["logical_axes"]
 
-    def quantized(self) -> nf4.NF4Array:
-        return nf4.NF4Array(self.codes[...], self.scale_codes[...], self.group_scales[...], self.scale_offset[...])
-
-    def dequantize(self, dtype: jnp.dtype) -> jax.Array:
-        return nf4.dequantize(self.quantized(), dtype)
-
-
-class Int8Kernel(nnx.Module):
-    """A per-output-channel int8 kernel (devstral_jax/quant/int8.py)."""
-
-    def __init__(self, kernel: jax.Array, axes: tuple[str, ...]):
-        q = int8.quantize(kernel)
-        self.values = FrozenWeight(q.values, logical_axes=axes)
-        self.scales = FrozenWeight(q.scales, logical_axes=(*axes[:-2], axes[-1]))
-
-    @property
-    def axes(self) -> tuple[str, ...]:
-        return self.values.get_metadata()["logical_axes"]
-
-    def quantized(self) -> int8.Int8Array:
-        return int8.Int8Array(self.values[...], self.scales[...])
+    def quantized(self) -> Any:
+        """The fields' values as the format's array (an NF4Array, an Int8Array)."""
+        return self.format.array(**{leaf: getattr(self, leaf)[...] for leaf in self.format.leaves})
 
     def dequantize(self, dtype: jnp.dtype) -> jax.Array:
-        return int8.dequantize(self.quantized(), dtype)
-
-
-QUANTIZED_KERNELS = {"nf4": NF4Kernel, "int8": Int8Kernel}
+        return self.format.dequantize(self.quantized(), dtype)
 
 
 class Linear(nnx.Module):
@@ -70,11 +52,9 @@ class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str, str], dtype: jnp.dtype,
                  param_dtype: jnp.dtype, rngs: nnx.Rngs, init_std: float = 0.02, storage: str = "dense",
                  lora: dict | None = None):
-        if storage not in STORAGES:
-            raise ConfigError(f"Unknown weight storage {storage!r}; choose one of {STORAGES}.")
+        quantized = formats.get(storage).quantized
         kernel = init_std * jax.random.normal(rngs.params(), (in_features, out_features), param_dtype)
-        self.kernel = nnx.Param(kernel, logical_axes=axes) if storage == "dense" else \
-            QUANTIZED_KERNELS[storage](kernel, axes)
+        self.kernel = QuantizedKernel(kernel, axes, storage) if quantized else nnx.Param(kernel, logical_axes=axes)
         self.lora = LoRA(in_features, out_features, axes=axes, rngs=rngs, **lora) if lora else None
         self.lora_merged = False
         self.dtype = dtype
@@ -99,7 +79,7 @@ class Linear(nnx.Module):
         if isinstance(self.kernel, nnx.Param):
             self.kernel.set_value(merged.astype(self.kernel[...].dtype))
         elif requantize:
-            self.kernel = type(self.kernel)(merged, self.kernel.axes)
+            self.kernel = QuantizedKernel(merged, self.kernel.axes, self.kernel.storage)
         else:
             self.kernel = nnx.Param(merged.astype(self.param_dtype), logical_axes=self.kernel.axes)
         self.lora_merged = True

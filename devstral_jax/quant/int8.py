@@ -39,3 +39,8 @@ def quantize(w: jax.Array) -> Int8Array:
 
 def dequantize(q: Int8Array, dtype: jnp.dtype = jnp.bfloat16) -> jax.Array:
     return (q.values.astype(jnp.float32) * q.scales[..., None, :]).astype(dtype)
+
+
+def leaf_axes(kernel_axes: tuple) -> dict[str, tuple]:
+    """The axes of each Int8Array field, given the `[..., in, out]` kernel's: the scales follow its output axis."""
+    return dict(values=tuple(kernel_axes), scales=(*kernel_axes[:-2], kernel_axes[-1]))

@@ -150,27 +150,12 @@ def dequantize(q: NF4Array, dtype: jnp.dtype = jnp.bfloat16) -> jax.Array:
     return fn(q)
 
 
-def abstract_quantize(shape: tuple[int, ...]) -> NF4Array:
-    """Shapes and dtypes of `quantize` for a kernel of `shape`, without computing anything."""
-    _check_shape(shape)
-    return jax.eval_shape(quantize, jax.ShapeDtypeStruct(shape, jnp.bfloat16))
+def leaf_axes(kernel_axes: tuple) -> dict[str, tuple]:
+    """The axes of each NF4Array field, given the `[..., in, out]` kernel's (logical names or mesh axes alike).
 
-
-def partition_specs(kernel_spec: tuple) -> NF4Array:
-    """PartitionSpecs for the fields of an NF4Array whose `[..., in, out]` kernel is sharded as `kernel_spec`.
-
-    Codes and scale codes shard like the kernel (the input axis in whole 64-row blocks, which
-    `check_shardable` verifies); the small second-level scales and the offset are replicated.
+    Codes and scale codes lie like the kernel (so they shard with it, the input axis in whole 64-row blocks);
+    the small second-level scales and the offset keep only the leading (stacked-layer) axes.
     """
-    from jax.sharding import PartitionSpec as P
-
-    leading = tuple(kernel_spec[:-2])
-    return NF4Array(codes=P(*kernel_spec), scale_codes=P(*kernel_spec), group_scales=P(*leading, None),
-                    scale_offset=P(*leading))
-
-
-def check_shardable(shape: tuple[int, ...], input_shards: int) -> None:
-    """A shard boundary along the input axis must not split a 64-row block (or a packed byte)."""
-    if shape[-2] % (BLOCK_SIZE * input_shards):
-        raise ConfigError(f"Cannot shard an NF4 kernel of shape {shape} {input_shards} ways along its input axis: "
-                         f"each shard needs a whole number of {BLOCK_SIZE}-row blocks.")
+    leading = tuple(kernel_axes[:-2])
+    return dict(codes=tuple(kernel_axes), scale_codes=tuple(kernel_axes), group_scales=(*leading, None),
+                scale_offset=leading)
