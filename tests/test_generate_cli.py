@@ -1,4 +1,4 @@
-"""launch/generate.py end to end: config file -> tiny model -> Sampler tokens streamed as Tekken text; and its errors."""
+"""launch/generate.py end to end: config -> tiny model -> Sampler tokens streamed as Tekken text; and its errors."""
 
 import ast
 import subprocess

@@ -66,14 +66,15 @@ def write_slots(cache: KVCache, positions: jax.Array, segment_ids: jax.Array) ->
 
 
 def layer_view(cache: KVCache, layer: jax.Array | int) -> LayerCache:
+    """Layer `layer`'s keys and values, with the slots' positions and segment ids that every layer shares."""
     return LayerCache(cache.keys[layer], cache.values[layer], cache.positions, cache.segment_ids, cache.index)
 
 
 def write_layer(cache: KVCache, layer: jax.Array | int, view: LayerCache, count: int) -> KVCache:
     """`cache` with the `count` slots from `index` of `layer` taken from `view`: only they are written."""
+
     def write(stacked: jax.Array, one_layer: jax.Array) -> jax.Array:
         new = jax.lax.dynamic_slice_in_dim(one_layer, cache.index, count, axis=1)[None]
         return jax.lax.dynamic_update_slice(stacked, new, (layer, 0, cache.index, 0, 0))
 
     return cache._replace(keys=write(cache.keys, view.keys), values=write(cache.values, view.values))
-
