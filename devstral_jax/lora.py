@@ -19,6 +19,8 @@ from flax.nnx import LoRAParam
 
 Array = TypeVar("Array", jax.Array, np.ndarray)
 
+from devstral_jax.config import LORA_TARGETS, ModelConfig
+
 
 def delta(a: Array, b: Array, scale: float) -> Array:
     """scale * A B: what an adapter (A `[..., in, r]`, B `[..., r, out]`) adds to its `[..., in, out]` kernel.
@@ -54,16 +56,18 @@ class LoRA(nnx.Module):
         return delta(a, b, self.scale)
 
 
-def spec(config: Any, module_name: str) -> dict[str, Any] | None:
-    """LoRA settings for the projection `module_name` under a ModelConfig, or None when it has no adapter."""
-    if config.lora_rank == 0 or module_name not in config.lora_targets:
+def adapter_settings(config: ModelConfig, projection: str) -> dict[str, Any] | None:
+    """The LoRA settings (rank, alpha, dropout) of `projection` (e.g. "q_proj") under a ModelConfig, or None
+    when that projection has no adapter."""
+    if config.lora_rank == 0 or projection not in config.lora_targets:
         return None
     return dict(rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
 
 
-def fold_rng(rng: jax.Array | None, index: int) -> jax.Array | None:
-    """A distinct dropout key per projection (None stays None: no dropout at evaluation)."""
-    return None if rng is None else jax.random.fold_in(rng, index)
+def dropout_key(rng: jax.Array | None, projection: str) -> jax.Array | None:
+    """The dropout key of `projection` (one of `LORA_TARGETS`), folded from a block's key by the projection's
+    place in `LORA_TARGETS`, so each projection draws its own mask. None stays None: no dropout."""
+    return None if rng is None else jax.random.fold_in(rng, LORA_TARGETS.index(projection))
 
 
 def _adapted_linears(model: nnx.Module) -> list[nnx.Module]:

@@ -4,8 +4,10 @@ Prompts of different lengths share one batch by left padding (positions restart 
 has segment id 0), so each row generates exactly what it would generate alone. Shapes are bucketed
 (prompt length to a multiple of `prompt_bucket`, batch to a multiple of the mesh's data axes), so a whole
 benchmark compiles a handful of times. The device runs `steps_per_call` decode steps per call; between
-calls the host decodes the new text and retires rows that produced EOS or a stop sequence. The returned
-text is cut at the earliest stop sequence exactly as MultiPL-E cuts its completions.
+calls the host decodes the new text and retires rows that produced EOS or a stop sequence, and an optional
+`stream` callback receives each row's new tokens. The returned text is cut at the earliest stop sequence
+exactly as MultiPL-E cuts its completions. Prefill and decode steps are the model's one forward call with a
+cache.
 
     sampler = Sampler(model, tokenizer)
     completions = sampler.generate(["defmodule Foo do\n"], SamplingConfig(max_new_tokens=64), stop=["\n\n"])
@@ -15,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Callable, Protocol, Sequence
+import sys
+from typing import Callable, Protocol, Sequence, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from devstral_jax import sharding
 from devstral_jax.errors import ConfigError
 from devstral_jax.model import KVCache, Transformer, init_cache
 
@@ -59,12 +62,39 @@ class Completion:
     finish_reason: str  # "stop" (a stop sequence), "eos" or "length"
 
 
+Stream = Callable[[list[list[int]]], None]  # called with each prompt's new tokens after every device call
+
+
 class Tokenizer(Protocol):
     eos_id: int
 
     def encode(self, text: str, bos: bool, eos: bool) -> list[int]: ...
 
     def decode(self, tokens: list[int]) -> str: ...
+
+
+class TextStream:
+    """A `stream` for one prompt that writes its completion's text to `out` as the tokens arrive. The bytes of a
+    character that is not complete yet (decoded as U+FFFD) wait for the next call; `close` writes what is left."""
+
+    def __init__(self, decode: Callable[[list[int]], str], out: TextIO = sys.stdout):
+        self.decode = decode
+        self.out = out
+        self.tokens: list[int] = []
+        self.written = 0
+
+    def __call__(self, new_tokens: list[list[int]]) -> None:
+        self.tokens += new_tokens[0]
+        self._write(self.decode(self.tokens).rstrip("\ufffd"))
+
+    def close(self) -> None:
+        self._write(self.decode(self.tokens))
+
+    def _write(self, text: str) -> None:
+        if len(text) > self.written:
+            self.out.write(text[self.written:])
+            self.out.flush()
+            self.written = len(text)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -102,7 +132,7 @@ def _prefill(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, positi
              key: jax.Array) -> tuple[jax.Array, KVCache]:
     """Runs the padded prompts through the model; samples the first new token from the last position."""
     model = nnx.merge(graphdef, state)
-    hidden, cache = model.decode(tokens, positions, segment_ids, cache)
+    hidden, cache = model(tokens, positions, segment_ids, cache, return_hidden=True)
     return sample_logits(model.logits(hidden[:, -1]), jax.random.fold_in(key, 0), *sampling), cache
 
 
@@ -116,7 +146,7 @@ def _decode_steps(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, toke
 
     def one_step(carry, offset):
         cache, tokens = carry
-        hidden, cache = model.decode(tokens[:, None], (positions + offset)[:, None], ones, cache)
+        hidden, cache = model(tokens[:, None], (positions + offset)[:, None], ones, cache, return_hidden=True)
         next_tokens = sample_logits(model.logits(hidden[:, 0]), jax.random.fold_in(key, step + offset + 1),
                                     *sampling)
         return (cache, next_tokens), next_tokens
@@ -153,20 +183,24 @@ class Sampler:
         self.pad_id = pad_id
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig, stop: Sequence[str] = (),
-                 progress: Callable[[int], None] | None = None) -> list[Completion]:
+                 stream: Stream | None = None) -> list[Completion]:
         """Completions of text prompts (each encoded with BOS), cut at the earliest of `stop`."""
         if self.tokenizer is None:
             raise ValueError("Sampler.generate needs a tokenizer; pass one to Sampler(...) or call generate_tokens.")
         encoded = [self.tokenizer.encode(prompt, bos=True, eos=False) for prompt in prompts]
         return self.generate_tokens(encoded, sampling, stop=stop, eos_id=self.tokenizer.eos_id,
-                                    decode=self.tokenizer.decode, progress=progress)
+                                    decode=self.tokenizer.decode, stream=stream)
 
     def generate_tokens(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *,
                         stop: Sequence[str] = (), eos_id: int | None = None,
                         decode: Callable[[list[int]], str] | None = None,
-                        progress: Callable[[int], None] | None = None) -> list[Completion]:
+                        stream: Stream | None = None) -> list[Completion]:
         """Completions of token prompts. Stop sequences need `decode` (token ids -> text); without it every
-        completion's `text` is empty and only its `tokens` count."""
+        completion's `text` is empty and only its `tokens` count.
+
+        `stream`, if given, is called after every device call (the prefill, then each `steps_per_call` decode
+        steps) with each prompt's new tokens, in prompt order: [] for a row that has finished. A row's pieces
+        concatenate to its completion's `tokens`."""
         if not prompts:
             return []
         if stop and decode is None:
@@ -174,81 +208,78 @@ class Sampler:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("Every prompt needs at least one token (e.g. BOS).")
         decode = decode or (lambda tokens: "")
-        batch = _round_up(len(prompts), self._batch_multiple())
+        tokens, positions, segment_ids, cache = self._inputs(prompts, sampling)
+        knobs = (float(sampling.temperature), int(sampling.top_k), float(sampling.top_p))
+        key = jax.random.key(sampling.seed)
+
+        generated: list[list[int]] = [[] for _ in prompts]
+        finished: list[str | None] = [None] * len(prompts)
+
+        def add(new: np.ndarray) -> None:
+            """Appends one device call's tokens `new` `[B, n]` to the unfinished rows and streams what each kept."""
+            kept = []
+            for row, tokens_row in enumerate(generated):
+                before = len(tokens_row)
+                if finished[row] is None:
+                    tokens_row.extend(int(t) for t in new[row])
+                    finished[row] = _finish_reason(tokens_row, stop, eos_id, decode, sampling.max_new_tokens)
+                kept.append(tokens_row[before:])
+            if stream:
+                stream(kept)
+
+        last, cache = _prefill(self.graphdef, self.state, tokens, positions, segment_ids, cache, knobs, key)
+        add(np.asarray(last)[:, None])
+        next_positions = jnp.asarray(positions[:, -1] + 1)
+        produced = 1
+        while produced < sampling.max_new_tokens and not all(finished):
+            new, cache = _decode_steps(self.graphdef, self.state, cache, last, next_positions + produced - 1,
+                                       jnp.int32(produced - 1), sampling.steps_per_call, knobs, key)
+            last = new[:, -1]
+            take = min(sampling.steps_per_call, sampling.max_new_tokens - produced)
+            add(np.asarray(new)[:, :take])
+            produced += take
+        return [Completion(text=truncate_at_stop(decode(tokens_row), stop), tokens=tokens_row,
+                           finish_reason=reason or "length") for tokens_row, reason in zip(generated, finished)]
+
+    def _inputs(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig) -> tuple[jax.Array, ...]:
+        """Tokens, positions and segment ids of the left-padded prompts, and an empty cache, placed on the mesh.
+        The batch is rounded up to the data-parallel devices and the prompt length to `prompt_bucket`."""
+        batch = _round_up(len(prompts), sharding.data_parallel_size(self.mesh) if self.mesh else 1)
         prompt_length = _round_up(max(len(p) for p in prompts), sampling.prompt_bucket)
-        steps = sampling.steps_per_call
-        decode_steps = _round_up(sampling.max_new_tokens - 1, steps)
+        decode_steps = _round_up(sampling.max_new_tokens - 1, sampling.steps_per_call)
         if prompt_length + decode_steps > self.config.max_position_embeddings:
             raise ConfigError(f"Prompt ({prompt_length} tokens after padding) plus {sampling.max_new_tokens} new "
                              f"tokens exceed the model's {self.config.max_position_embeddings} positions.")
         rows = list(prompts) + [[self.pad_id]] * (batch - len(prompts))
         tokens, positions, segment_ids = left_pad(rows, prompt_length, self.pad_id)
         cache = init_cache(self.config, batch, prompt_length + decode_steps)
-        tokens, positions, segment_ids, cache = self._place((tokens, positions, segment_ids, cache))
-        knobs = (float(sampling.temperature), int(sampling.top_k), float(sampling.top_p))
-        key = jax.random.key(sampling.seed)
-
-        last, cache = _prefill(self.graphdef, self.state, tokens, positions, segment_ids, cache, knobs, key)
-        generated = [[int(t)] for t in np.asarray(last)[:len(prompts)]]
-        finished: list[str | None] = [None] * len(prompts)
-        next_positions = jnp.asarray(positions[:, -1] + 1)
-        produced = 1
-        self._retire(generated, finished, stop, eos_id, decode, sampling.max_new_tokens)
-        if progress:
-            progress(1)
-        while produced < sampling.max_new_tokens and not all(finished):
-            new, cache = _decode_steps(self.graphdef, self.state, cache, last, next_positions + produced - 1,
-                                       jnp.int32(produced - 1), steps, knobs, key)
-            last = new[:, -1]
-            new = np.asarray(new)
-            take = min(steps, sampling.max_new_tokens - produced)
-            for row, tokens_row in enumerate(generated):
-                if finished[row] is None:
-                    tokens_row.extend(int(t) for t in new[row, :take])
-            produced += take
-            self._retire(generated, finished, stop, eos_id, decode, sampling.max_new_tokens)
-            if progress:
-                progress(take)
-        return [self._completion(tokens_row, reason, stop, decode)
-                for tokens_row, reason in zip(generated, finished)]
-
-    @staticmethod
-    def _retire(generated: list[list[int]], finished: list[str | None], stop: Sequence[str], eos_id: int | None,
-                decode: Callable[[list[int]], str], max_new_tokens: int) -> None:
-        """Marks rows that produced EOS or a stop sequence, or ran out of tokens, and drops tokens after EOS."""
-        for row, tokens in enumerate(generated):
-            if finished[row] is not None:
-                continue
-            if eos_id is not None and eos_id in tokens:
-                del tokens[tokens.index(eos_id):]
-                finished[row] = "eos"
-            if stop:
-                text = decode(tokens)
-                if truncate_at_stop(text, stop) != text:
-                    finished[row] = "stop"
-            if finished[row] is None and len(tokens) >= max_new_tokens:
-                finished[row] = "length"
-
-    @staticmethod
-    def _completion(tokens: list[int], reason: str | None, stop: Sequence[str],
-                    decode: Callable[[list[int]], str]) -> Completion:
-        return Completion(text=truncate_at_stop(decode(tokens), stop), tokens=tokens, finish_reason=reason or "length")
-
-    def _batch_multiple(self) -> int:
-        return math.prod(self.mesh.shape[a] for a in _BATCH_AXES if a in self.mesh.shape) if self.mesh else 1
+        return self._place((tokens, positions, segment_ids, cache))
 
     def _place(self, tree):
         """Puts inputs and cache on the mesh: batch over data/fsdp, KV heads over tensor (when they divide)."""
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, tree)
-        batch = tuple(a for a in _BATCH_AXES if a in self.mesh.shape) or None
+        batch = tuple(a for a in sharding.BATCH_AXES if a in self.mesh.shape) or None
         tensor = self.mesh.shape.get("tensor", 1)
         heads = "tensor" if tensor > 1 and self.config.num_kv_heads % tensor == 0 else None
         specs = {5: P(None, batch, None, heads, None), 2: P(batch, None), 1: P(batch), 0: P()}
         return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(self.mesh, specs[np.ndim(x)])), tree)
 
 
-_BATCH_AXES = ("data", "fsdp")
+def _finish_reason(tokens: list[int], stop: Sequence[str], eos_id: int | None, decode: Callable[[list[int]], str],
+                   max_new_tokens: int) -> str | None:
+    """Why a row is done ("eos", "stop", "length"), or None; drops an EOS and the tokens after it."""
+    reason = None
+    if eos_id is not None and eos_id in tokens:
+        del tokens[tokens.index(eos_id):]
+        reason = "eos"
+    if stop:
+        text = decode(tokens)
+        if truncate_at_stop(text, stop) != text:
+            reason = "stop"
+    if reason is None and len(tokens) >= max_new_tokens:
+        reason = "length"
+    return reason
 
 
 def _round_up(value: int, multiple: int) -> int:

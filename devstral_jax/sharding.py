@@ -29,7 +29,7 @@ RULES: dict[str, str | None] = {
     "lora": None,
     "layers": None,
 }
-BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes (training, sampling)
 
 
 def mesh_shape(requested: Mapping[str, int], num_devices: int) -> dict[str, int]:
@@ -89,6 +89,11 @@ def state_shardings(tree: Any, mesh: Mesh) -> Any:
         return NamedSharding(mesh, spec)
 
     return jax.tree.map(sharding, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways the batch is split: the product of the mesh's `BATCH_AXES` (a batch is a multiple of it)."""
+    return math.prod(mesh.shape.get(axis, 1) for axis in BATCH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -97,7 +97,7 @@ def test_model_logits_match_transformers(small_tiles, sliding_window):
     mask = np.ones((2, 30), np.int64)
     mask[1, :9] = 0  # left padding, as in generation
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    ours = np.asarray(ours_from_hf(config, hf)(tokens, positions=positions, segment_ids=mask))
+    ours = np.asarray(ours_from_hf(config, hf)(tokens, positions, mask)[0])
     reference = hf_logits(hf, tokens, attention_mask=mask, position_ids=positions)
     assert max_relative_error(ours[mask.astype(bool)], reference[mask.astype(bool)]) < 1e-4
 

@@ -1,23 +1,46 @@
-"""launch/generate.py end to end: config file -> tiny model -> greedy tokens -> Tekken text; and its errors."""
+"""launch/generate.py end to end: config -> tiny model -> Sampler tokens streamed as Tekken text; and its errors."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
+from flax import nnx
+
+from devstral_jax.config import from_config_dict
+from devstral_jax.model import Transformer
+from devstral_jax.sampler import Sampler, SamplingConfig
+from devstral_jax.tokenizer import load_tekken
+from devstral_jax.train.config import sibling_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _generate(*flags: str) -> subprocess.CompletedProcess:
+def _generate(*flags: str, text: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "launch/generate.py", "--config=configs/tiny_cpu.py", *flags],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=text, timeout=300)
 
 
-def test_generates_and_decodes_tokens():
-    result = _generate("--config.generate.max_new_tokens=5", "--config.model.num_layers=1")
-    assert result.returncode == 0, result.stderr
-    assert "model: " in result.stdout and "(1 layers" in result.stdout
-    assert "generated 5 tokens" in result.stdout
-    assert "decoded: '" in result.stdout
+def test_prints_the_samplers_tokens_as_text_as_they_come():
+    result = _generate("--config.generate.max_new_tokens=20", "--config.model.num_layers=1", text=False)
+    assert result.returncode == 0, result.stderr.decode()
+    stdout = result.stdout.decode()  # no newline translation: the streamed text is compared exactly
+    assert "model: " in stdout and "(1 layers" in stdout
+
+    config = sibling_config(str(ROOT / "configs" / "x.py"), "tiny_cpu")
+    config.model.num_layers = 1
+    tokenizer = load_tekken()
+    prompt = tokenizer.encode(config.generate.prompt, bos=True, eos=False)
+    expected = Sampler(Transformer(from_config_dict(config.model), rngs=nnx.Rngs(config.seed))).generate_tokens(
+        [prompt], SamplingConfig(max_new_tokens=20), eos_id=tokenizer.eos_id, decode=tokenizer.decode)[0]
+
+    summary = stdout[stdout.rindex("\ngenerated "):]
+    assert f"generated {len(expected.tokens)} tokens" in summary
+    assert ast.literal_eval(summary.split(": ", 1)[1].splitlines()[0]) == expected.tokens
+    assert f"decoded: {expected.text!r}" in summary
+    # What streamed to the terminal, right after the prompt: the same tokens' text.
+    streamed = stdout[:stdout.rindex("\ngenerated ")]
+    assert streamed.endswith(config.generate.prompt + tokenizer.decode(expected.tokens))
 
 
 def test_config_mistakes_are_one_line_errors_not_tracebacks():

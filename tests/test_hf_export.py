@@ -39,7 +39,7 @@ def _train_lora(model, steps: int = 3) -> None:
     batch = jnp.asarray(np.random.default_rng(1).integers(0, TINY.vocab_size, (4, 16)))
 
     def loss_fn(model):
-        logits = model(batch[:, :-1])
+        logits, _ = model(batch[:, :-1])
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch[:, 1:, None], axis=-1))
 
     @nnx.jit
@@ -68,7 +68,7 @@ def test_peft_loads_our_adapter_onto_the_transformers_base_with_our_logits(train
     assert sorted(os.listdir(tmp_path / "adapter")) == ["adapter_config.json", "adapter_model.safetensors"]
     base = transformers.MistralForCausalLM.from_pretrained(root / "base", dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
-    ours = np.asarray(model(TOKENS))
+    ours = np.asarray(model(TOKENS)[0])
     assert max_relative_error(ours, hf_logits(hf, TOKENS)) > 1e-3  # the adapter changes the model...
     assert max_relative_error(hf_logits(peft_model, TOKENS), ours) < 1e-4  # ...and PEFT applies it as we do
     reread = load_adapter(tmp_path / "adapter")
@@ -80,14 +80,14 @@ def test_peft_loads_our_adapter_onto_the_transformers_base_with_our_logits(train
 
 def test_merged_exports_load_in_transformers_with_our_merged_logits(trained, tmp_path):
     hf, model, root = trained
-    ours = np.asarray(model(TOKENS))
+    ours = np.asarray(model(TOKENS)[0])
     # From the model in memory, float32: transformers computes our adapted logits.
     save_merged(tmp_path / "f32", model.config, param_map.state_dict(model, merge_lora=True), dtype="float32",
                 progress=False)
     merged = transformers.MistralForCausalLM.from_pretrained(tmp_path / "f32", dtype=torch.float32)
     assert max_relative_error(hf_logits(merged, TOKENS), ours) < 1e-4
     reloaded = load(tmp_path / "f32", dtype="float32", progress=False).model  # and the export loads back into ours
-    assert max_relative_error(reloaded(TOKENS), hf_logits(merged, TOKENS)) < 1e-4
+    assert max_relative_error(reloaded(TOKENS)[0], hf_logits(merged, TOKENS)) < 1e-4
 
     # Streamed from the base checkpoint + the adapter, bfloat16, in shards of at most 100 kB.
     base = open_model_dir(root / "base")
@@ -153,7 +153,7 @@ def test_launch_export_writes_adapter_and_merged_model_with_model_cards(trained,
                      f"--manifest={tmp_path / 'manifest.json'}", f"--eval_results={tmp_path / 'eval.json'}")
     assert result.returncode == 0, result.stderr[-3000:]
     merged = transformers.MistralForCausalLM.from_pretrained(tmp_path / "out" / "merged", dtype=torch.float32)
-    assert max_relative_error(hf_logits(merged, TOKENS), np.asarray(model(TOKENS))) < 1e-4
+    assert max_relative_error(hf_logits(merged, TOKENS), np.asarray(model(TOKENS)[0])) < 1e-4
     config = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "mistralai/Devstral-Small-2507"
     card = (tmp_path / "out" / "merged" / "README.md").read_text()
@@ -195,7 +195,7 @@ def test_export_from_a_training_workdir(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     base = transformers.MistralForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
     tokens = np.random.default_rng(2).integers(0, config.vocab_size, (1, 16))
-    ours = np.asarray(trained_model(tokens))
+    ours = np.asarray(trained_model(tokens)[0])
     assert max_relative_error(ours, hf_logits(base, tokens)) > 1e-4  # the adapters trained
     peft_model = PeftModel.from_pretrained(base, tmp_path / "out" / "adapter").eval()
     assert max_relative_error(hf_logits(peft_model, tokens), ours) < 1e-4

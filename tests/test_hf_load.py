@@ -41,7 +41,7 @@ def test_sharded_hf_checkpoint_loads_with_transformers_logits(checkpoints, scan_
     assert len([f for f in os.listdir(root / "hf") if f.endswith(".safetensors")]) >= 2
     loaded = load(root / "hf", scan_layers=scan_layers, **F32)
     assert loaded.config.num_layers == TINY.num_layers and loaded.quant_report == []
-    assert max_relative_error(loaded.model(TOKENS), hf_logits(hf, TOKENS)) < 1e-4
+    assert max_relative_error(loaded.model(TOKENS)[0], hf_logits(hf, TOKENS)) < 1e-4
     assert loaded.tokenizer.encode("defmodule", bos=True, eos=False)[0] == 1  # tekken.json from the directory
 
 
@@ -52,7 +52,7 @@ def test_consolidated_checkpoint_loads_with_transformers_logits(checkpoints):
     architecture = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                     "rms_norm_eps", "rope_theta", "vocab_size", "sliding_window")
     assert {f: getattr(loaded.config, f) for f in architecture} == {f: getattr(TINY, f) for f in architecture}
-    assert max_relative_error(loaded.model(TOKENS), hf_logits(hf, TOKENS)) < 1e-4
+    assert max_relative_error(loaded.model(TOKENS)[0], hf_logits(hf, TOKENS)) < 1e-4
 
 
 def test_nf4_on_load_matches_quantizing_the_dense_weights_and_reports_each_tensor(tmp_path):
@@ -97,7 +97,7 @@ def test_loading_on_an_8_device_mesh_puts_each_shard_on_its_device(checkpoints):
             np.testing.assert_allclose(shard.data, want[shard.index], rtol=1e-6, atol=0, err_msg=str(path))
         sharded += any(axis is not None for axis in array.sharding.spec)
     assert sharded >= 10  # embeddings, projections, NF4 codes, LoRA
-    assert max_relative_error(loaded.model(TOKENS), reference(TOKENS)) < 1e-5
+    assert max_relative_error(loaded.model(TOKENS)[0], reference(TOKENS)[0]) < 1e-5
 
 
 def _copy(src, dst):

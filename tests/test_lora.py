@@ -29,7 +29,7 @@ def _with_base_of(source: Transformer, config) -> Transformer:
 
 
 def _loss(model: Transformer, tokens=TOKENS) -> jax.Array:
-    logits = model(tokens[:, :-1])
+    logits, _ = model(tokens[:, :-1])
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1))
 
 
@@ -43,7 +43,7 @@ def test_zero_initialised_adapters_leave_the_base_model_unchanged():
     base = Transformer(TINY, rngs=nnx.Rngs(0))
     adapted = _with_base_of(base, TINY.replace(lora_rank=8))
     assert len(jax.tree.leaves(nnx.state(adapted, LoRAParam))) == 2 * 7 and TINY.num_layers > 1
-    np.testing.assert_array_equal(adapted(TOKENS), base(TOKENS))
+    np.testing.assert_array_equal(adapted(TOKENS)[0], base(TOKENS)[0])
 
 
 @pytest.mark.parametrize("storage", ["dense", "nf4"])
@@ -90,27 +90,27 @@ def test_merge_then_forward_equals_the_adapted_forward_and_unmerge_restores_the_
     model = Transformer(TINY.replace(lora_rank=4), rngs=nnx.Rngs(3))
     _randomize_b(model)
     base_before = jax.tree.map(np.array, nnx.state(model, nnx.Not(LoRAParam)))
-    adapted = np.asarray(model(TOKENS))
+    adapted = np.asarray(model(TOKENS)[0])
     lora.merge(model)
-    assert max_relative_error(model(TOKENS), adapted) <= 1e-5
+    assert max_relative_error(model(TOKENS)[0], adapted) <= 1e-5
     with pytest.raises(ValueError, match="already merged"):
         lora.merge(model)
     lora.unmerge(model)
     for before, after in zip(jax.tree.leaves(base_before), jax.tree.leaves(nnx.state(model, nnx.Not(LoRAParam)))):
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
-    assert max_relative_error(model(TOKENS), adapted) <= 1e-5
+    assert max_relative_error(model(TOKENS)[0], adapted) <= 1e-5
 
 
 def test_merging_into_a_quantized_base_dense_or_requantized():
     model = Transformer(QLORA, rngs=nnx.Rngs(4))
     _randomize_b(model)
-    adapted = np.asarray(model(TOKENS))
+    adapted = np.asarray(model(TOKENS)[0])
     requantized = Transformer(QLORA, rngs=nnx.Rngs(4))
     _randomize_b(requantized)
 
     lora.merge(model)  # NF4 base -> dense float32 kernels holding dequantized W + scale A B
     assert isinstance(model.layers.attn.q_proj.kernel, nnx.Param)
-    assert max_relative_error(model(TOKENS), adapted) <= 1e-5
+    assert max_relative_error(model(TOKENS)[0], adapted) <= 1e-5
 
     lora.merge(requantized, requantize=True)  # back to NF4: smaller, lossy, not unmergeable
     kernel = requantized.layers.attn.q_proj.kernel
@@ -130,18 +130,18 @@ def test_int8_base_computes_with_its_dequantized_weights():
     _randomize_b(model)
     dense = _with_base_of(model, config.replace(attn_storage="dense", mlp_storage="dense"))
     nnx.update(dense, nnx.state(model, LoRAParam))
-    assert max_relative_error(model(TOKENS), dense(TOKENS)) < 1e-5
+    assert max_relative_error(model(TOKENS)[0], dense(TOKENS)[0]) < 1e-5
 
 
 def test_lora_dropout_is_seeded_and_only_on_when_asked():
     model = Transformer(TINY.replace(lora_rank=4, lora_dropout=0.5), rngs=nnx.Rngs(6))
     _randomize_b(model)
-    plain = np.asarray(model(TOKENS))
+    plain = np.asarray(model(TOKENS)[0])
     key = jax.random.key(0)
-    dropped = np.asarray(model(TOKENS, dropout_rng=key))
+    dropped = np.asarray(model(TOKENS, dropout_rng=key)[0])
     assert max_relative_error(dropped, plain) > 1e-3
-    np.testing.assert_array_equal(model(TOKENS, dropout_rng=key), dropped)
-    assert max_relative_error(model(TOKENS, dropout_rng=jax.random.key(1)), dropped) > 1e-3
+    np.testing.assert_array_equal(model(TOKENS, dropout_rng=key)[0], dropped)
+    assert max_relative_error(model(TOKENS, dropout_rng=jax.random.key(1))[0], dropped) > 1e-3
 
 
 def test_unknown_target_module_is_a_clear_error():

@@ -26,13 +26,13 @@ def test_packed_row_equals_each_document_alone():
     tokens = np.concatenate([doc_a, doc_b, np.zeros(pad, np.int64)])[None]
     segment_ids = np.array([[1] * 13 + [2] * 9 + [0] * pad])
     positions = np.array([list(range(13)) + list(range(9)) + [0] * pad])
-    packed = np.asarray(model(tokens, positions=positions, segment_ids=segment_ids))[0]
-    alone_a = np.asarray(model(doc_a[None]))[0]
-    alone_b = np.asarray(model(doc_b[None]))[0]
+    packed = np.asarray(model(tokens, positions, segment_ids)[0])[0]
+    alone_a = np.asarray(model(doc_a[None])[0])[0]
+    alone_b = np.asarray(model(doc_b[None])[0])[0]
     assert max_relative_error(packed[:13], alone_a) < 1e-5
     assert max_relative_error(packed[13:22], alone_b) < 1e-5
     # Without segment ids, doc B sees doc A (and its restarted positions alone do not isolate it).
-    leaky = np.asarray(model(tokens, positions=positions))[0]
+    leaky = np.asarray(model(tokens, positions)[0])[0]
     assert max_relative_error(leaky[13:22], alone_b) > 1e-2
 
 
@@ -41,12 +41,12 @@ def test_scanned_and_unrolled_layers_give_the_same_logits():
     unrolled = _copy_weights(scanned, TINY.replace(scan_layers=False))
     assert isinstance(unrolled.layers, nnx.List) and len(unrolled.layers) == TINY.num_layers
     tokens = np.random.default_rng(1).integers(0, TINY.vocab_size, (2, 17))
-    np.testing.assert_allclose(scanned(tokens), unrolled(tokens), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scanned(tokens)[0], unrolled(tokens)[0], rtol=1e-5, atol=1e-5)
 
 
 def _loss_and_grads(model: Transformer, tokens: jax.Array):
     def loss_fn(model):
-        logits = model(tokens[:, :-1])
+        logits, _ = model(tokens[:, :-1])
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1))
 
     return nnx.jit(nnx.value_and_grad(loss_fn))(model)
@@ -78,7 +78,7 @@ def test_remat_actually_changes_what_is_saved():
     for policy, expected in (("none", False), ("full", True)):
         model = Transformer(TINY.replace(remat_policy=policy), rngs=nnx.Rngs(0))
         graphdef, state = nnx.split(model)
-        jaxpr = jax.make_jaxpr(jax.grad(lambda s: nnx.merge(graphdef, s)(tokens).sum()))(state)
+        jaxpr = jax.make_jaxpr(jax.grad(lambda s: nnx.merge(graphdef, s)(tokens)[0].sum()))(state)
         assert ("remat" in str(jaxpr) or "checkpoint" in str(jaxpr)) == expected, policy
 
 
@@ -88,11 +88,11 @@ def test_bf16_compute_with_f32_params():
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(p.dtype == jnp.float32 for p in params)
     tokens = np.random.default_rng(4).integers(0, TINY.vocab_size, (1, 16))
-    hidden = model.hidden_states(tokens)
+    hidden, _ = model(tokens, return_hidden=True)
     assert hidden.dtype == jnp.bfloat16
-    logits = model(tokens)
+    logits, _ = model(tokens)
     assert logits.dtype == jnp.float32
-    reference = _copy_weights(model, TINY)(tokens)
+    reference, _ = _copy_weights(model, TINY)(tokens)
     assert max_relative_error(logits, reference) < 5e-2  # bf16 rounding, not a different function
 
     bf16_params = Transformer(TINY.replace(dtype="bfloat16", param_dtype="bfloat16"), rngs=nnx.Rngs(0))

@@ -19,7 +19,7 @@ def test_logits_match_transformers_gqa_theta_1e9(scan_layers):
     config = TINY.replace(scan_layers=scan_layers)
     hf = hf_model(config)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (1, 40))
-    ours = ours_from_hf(config, hf)(tokens)
+    ours, _ = ours_from_hf(config, hf)(tokens)
     reference = hf_logits(hf, tokens)
     assert ours.shape == reference.shape == (1, 40, config.vocab_size)
     assert max_relative_error(ours, reference) < RTOL
@@ -29,10 +29,10 @@ def test_logits_match_transformers_with_sliding_window_shorter_than_sequence():
     config = TINY.replace(sliding_window=7, rope_theta=1e4)
     hf = hf_model(config, seed=1)
     tokens = np.random.default_rng(1).integers(0, config.vocab_size, (2, 30))
-    ours = np.asarray(ours_from_hf(config, hf)(tokens))
+    ours = np.asarray(ours_from_hf(config, hf)(tokens)[0])
     assert max_relative_error(ours, hf_logits(hf, tokens)) < RTOL
     # The window really acts: without it the late positions differ.
-    unwindowed = ours_from_hf(config.replace(sliding_window=None), hf)(tokens)
+    unwindowed, _ = ours_from_hf(config.replace(sliding_window=None), hf)(tokens)
     assert max_relative_error(unwindowed[:, 7:], ours[:, 7:]) > 1e-2
     np.testing.assert_allclose(unwindowed[:, :7], ours[:, :7], rtol=1e-5, atol=1e-5)
 
@@ -48,11 +48,11 @@ def test_batch_with_left_and_right_padding_matches_transformers():
     mask[2, 19:] = 0
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
     reference = hf_logits(hf, tokens, attention_mask=mask, position_ids=positions)
-    ours = np.asarray(ours_from_hf(config, hf)(tokens, positions=positions, segment_ids=mask))
+    ours = np.asarray(ours_from_hf(config, hf)(tokens, positions, mask)[0])
     real = mask.astype(bool)
     assert max_relative_error(ours[real], reference[real]) < RTOL
     # Each padded row equals that row run alone without padding.
-    alone = np.asarray(ours_from_hf(config, hf)(tokens[1:2, 9:]))
+    alone = np.asarray(ours_from_hf(config, hf)(tokens[1:2, 9:])[0])
     assert max_relative_error(ours[1, 9:], alone[0]) < 1e-5
 
 

@@ -1,5 +1,7 @@
 """The KV-cache sampler against transformers' greedy generate, against itself (batch vs alone, mesh vs one
-device, cache vs no cache on an NF4 + LoRA model), and MultiPL-E's stop-sequence rule."""
+device, cache vs no cache on an NF4 + LoRA model), its token stream, and MultiPL-E's stop-sequence rule."""
+
+import io
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,8 @@ from jax.sharding import Mesh
 
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
-from devstral_jax.sampler import Sampler, SamplingConfig, sample_logits, truncate_at_stop
+from devstral_jax.sampler import Sampler, SamplingConfig, TextStream, sample_logits, truncate_at_stop
+from devstral_jax.tokenizer import load_tekken
 from tests.model_helpers import TINY, hf_greedy, hf_model, ours_from_hf
 
 GREEDY = SamplingConfig(max_new_tokens=20, steps_per_call=8, prompt_bucket=16)
@@ -30,7 +33,7 @@ def _decode(tokens: list[int]) -> str:
 def _naive_greedy(model: Transformer, prompt: list[int], steps: int, length: int = 64) -> list[int]:
     """Greedy decoding by rerunning the whole (causal, so zero-padded on the right) buffer each step: no cache."""
     buffer = jnp.zeros((1, length), jnp.int32).at[0, :len(prompt)].set(jnp.asarray(prompt))
-    next_token = nnx.jit(lambda model, buffer, end: jnp.argmax(model(buffer)[0, end - 1]).astype(jnp.int32))
+    next_token = nnx.jit(lambda model, buffer, end: jnp.argmax(model(buffer)[0][0, end - 1]).astype(jnp.int32))
     for end in range(len(prompt), len(prompt) + steps):
         buffer = buffer.at[0, end].set(next_token(model, buffer, end))
     return np.asarray(buffer[0, len(prompt):len(prompt) + steps]).tolist()
@@ -110,6 +113,46 @@ def test_eos_ends_a_row_and_is_not_part_of_the_completion():
     eos = full[10]
     ended = sampler.generate_tokens(prompt, GREEDY, eos_id=eos)[0]
     assert ended.tokens == full[:full.index(eos)] and ended.finish_reason == "eos"
+
+
+def test_stream_receives_each_rows_new_tokens_after_every_device_call():
+    config = TINY.replace(remat_policy="none")
+    sampler = Sampler(ours_from_hf(config, hf_model(config, seed=9)))
+    prompts = _prompts(config)
+    calls = []
+    completions = sampler.generate_tokens(prompts, GREEDY, stream=calls.append)
+    # 20 tokens at 8 decode steps per call: the prefill's first token, then 8, 8 and 3, for every row.
+    assert [[len(new) for new in call] for call in calls] == [[1] * 3, [8] * 3, [8] * 3, [3] * 3]
+    for row, completion in enumerate(completions):
+        assert [token for call in calls for token in call[row]] == completion.tokens
+
+    eos = completions[0].tokens[10]
+    calls = []
+    ended = sampler.generate_tokens(prompts, GREEDY, eos_id=eos, stream=calls.append)
+    assert ended[0].finish_reason == "eos" and any(c.finish_reason == "length" for c in ended)
+    for row, completion in enumerate(ended):  # EOS and what followed it are never streamed
+        assert [token for call in calls for token in call[row]] == completion.tokens
+    assert len(calls) == 4 and calls[-1][0] == []  # a finished row gets no more tokens while the others go on
+
+
+def test_text_stream_writes_text_as_it_comes_and_holds_back_a_split_character():
+    tokenizer = load_tekken()
+    tokens = tokenizer.encode("défmodule 🧪 ok", bos=False, eos=False)  # the emoji's 4 bytes span 3 tokens
+    assert tokenizer.decode(tokens[:4]).endswith("\ufffd")
+    out = io.StringIO()
+    stream = TextStream(tokenizer.decode, out)
+    written = []
+    for piece in (tokens[:2], tokens[2:4], tokens[4:5], tokens[5:]):
+        stream([piece])
+        written.append(out.getvalue())
+    stream.close()
+    assert written == ["déf", "défmodule ", "défmodule ", "défmodule 🧪 ok"]
+    assert out.getvalue() == "défmodule 🧪 ok"
+
+    cut = TextStream(tokenizer.decode, io.StringIO())  # a completion that ends inside a character shows it as is
+    cut([tokens[:4]])
+    cut.close()
+    assert cut.out.getvalue() == tokenizer.decode(tokens[:4])
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy():

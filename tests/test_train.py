@@ -95,7 +95,7 @@ def test_chunked_loss_equals_full_logits_loss_and_never_holds_them():
     batch = packed_batch(seed=1, rows=2, seq=32)
     inputs, targets, mask = (jnp.asarray(batch[k][0]) for k in ("inputs", "targets", "loss_mask"))
     targets = targets % 1000
-    hidden = model.hidden_states(inputs % 1000)
+    hidden, _ = model(inputs % 1000, return_hidden=True)
     full = jnp.sum(token_losses(model.logits(hidden), targets) * mask)
     chunked, count = chunked_loss_sum(hidden, targets, mask, model.logits, chunk_size=8)
     np.testing.assert_allclose(chunked, full, rtol=1e-6)
@@ -131,7 +131,7 @@ def test_packing_never_lets_one_documents_loss_depend_on_another():
     first_doc = batch["segment_ids"] == 1
 
     def per_token_losses(inputs):
-        hidden = model.hidden_states(inputs, batch["positions"], batch["segment_ids"])
+        hidden, _ = model(inputs, batch["positions"], batch["segment_ids"], return_hidden=True)
         return token_losses(model.logits(hidden), batch["targets"])
 
     changed = jnp.where(batch["segment_ids"] == 2, (batch["inputs"] * 7 + 1) % 512, batch["inputs"])

@@ -35,7 +35,7 @@ def _nll(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: jax.
     model = nnx.merge(graphdef, state)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
-    hidden = model.hidden_states(inputs, positions, mask[:, :-1].astype(jnp.int32))
+    hidden, _ = model(inputs, positions, mask[:, :-1].astype(jnp.int32), return_hidden=True)
     batch, length, features = hidden.shape
     slices = length // _LOGITS_SLICE
 

@@ -20,41 +20,38 @@ class Attention(nnx.Module):
                   init_std=config.initializer_range, storage=config.attn_storage)
         q_features, kv_features = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
         self.q_proj = Linear(config.hidden_size, q_features, axes=("embed", "heads"),
-                             lora=lora.spec(config, "q_proj"), **kw)
+                             lora=lora.adapter_settings(config, "q_proj"), **kw)
         self.k_proj = Linear(config.hidden_size, kv_features, axes=("embed", "kv"),
-                             lora=lora.spec(config, "k_proj"), **kw)
+                             lora=lora.adapter_settings(config, "k_proj"), **kw)
         self.v_proj = Linear(config.hidden_size, kv_features, axes=("embed", "kv"),
-                             lora=lora.spec(config, "v_proj"), **kw)
+                             lora=lora.adapter_settings(config, "v_proj"), **kw)
         self.o_proj = Linear(q_features, config.hidden_size, axes=("heads", "embed"),
-                             lora=lora.spec(config, "o_proj"), **kw)
+                             lora=lora.adapter_settings(config, "o_proj"), **kw)
         self.head_dim = config.head_dim
         self.rope_theta = config.rope_theta
         self.sliding_window = config.sliding_window
         get_kernel(config.attention_impl)  # an unknown name fails here, at construction
         self.attention_impl = config.attention_impl
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 dropout_rng: jax.Array | None = None, cache: LayerCache | None = None
-                 ) -> jax.Array | tuple[jax.Array, LayerCache]:
-        """Self-attention over `x`; with a `cache`, over the cached tokens too, returning the updated cache.
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: LayerCache | None = None,
+                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, LayerCache | None]:
+        """Self-attention over `x` `[B, T, hidden]`, and the cache with the new keys and values (None stays None).
 
-        The new tokens' keys and values are written at `cache.index`; `cache.positions` and
-        `cache.segment_ids` must already describe them (see `kv_cache.write_slots`).
+        Without a cache the tokens attend to each other. With one, they attend to every cached slot and to
+        themselves, written at `cache.index`; `cache.positions` and `cache.segment_ids` must already describe
+        them (see `kv_cache.write_slots`).
         """
         batch, seq, _ = x.shape
-        q = self.q_proj(x, lora.fold_rng(dropout_rng, 0)).reshape(batch, seq, -1, self.head_dim)
-        k = self.k_proj(x, lora.fold_rng(dropout_rng, 1)).reshape(batch, seq, -1, self.head_dim)
-        v = self.v_proj(x, lora.fold_rng(dropout_rng, 2)).reshape(batch, seq, -1, self.head_dim)
+        q = self.q_proj(x, lora.dropout_key(dropout_rng, "q_proj")).reshape(batch, seq, -1, self.head_dim)
+        k = self.k_proj(x, lora.dropout_key(dropout_rng, "k_proj")).reshape(batch, seq, -1, self.head_dim)
+        v = self.v_proj(x, lora.dropout_key(dropout_rng, "v_proj")).reshape(batch, seq, -1, self.head_dim)
         q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
         kv_positions, kv_segment_ids = positions, segment_ids
         if cache is not None:
-            start = (0, cache.index, 0, 0)
-            cache = cache._replace(keys=jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), start),
-                                   values=jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), start))
+            cache = cache.append(k, v)
             k, v = cache.keys.astype(q.dtype), cache.values.astype(q.dtype)
             kv_positions, kv_segment_ids = cache.positions, cache.segment_ids
         out = get_kernel(self.attention_impl)(
             q, k, v, q_positions=positions, kv_positions=kv_positions, q_segment_ids=segment_ids,
             kv_segment_ids=kv_segment_ids, sliding_window=self.sliding_window)
-        out = self.o_proj(out.reshape(batch, seq, -1), lora.fold_rng(dropout_rng, 3))
-        return out if cache is None else (out, cache)
+        return self.o_proj(out.reshape(batch, seq, -1), lora.dropout_key(dropout_rng, "o_proj")), cache

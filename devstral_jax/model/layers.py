@@ -44,11 +44,14 @@ class MLP(nnx.Module):
         features, hidden = config.hidden_size, config.intermediate_size
         kw = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype), rngs=rngs,
                   init_std=config.initializer_range, storage=config.mlp_storage)
-        self.gate_proj = Linear(features, hidden, axes=("embed", "mlp"), lora=lora.spec(config, "gate_proj"), **kw)
-        self.up_proj = Linear(features, hidden, axes=("embed", "mlp"), lora=lora.spec(config, "up_proj"), **kw)
-        self.down_proj = Linear(hidden, features, axes=("mlp", "embed"), lora=lora.spec(config, "down_proj"), **kw)
+        self.gate_proj = Linear(features, hidden, axes=("embed", "mlp"),
+                                lora=lora.adapter_settings(config, "gate_proj"), **kw)
+        self.up_proj = Linear(features, hidden, axes=("embed", "mlp"),
+                              lora=lora.adapter_settings(config, "up_proj"), **kw)
+        self.down_proj = Linear(hidden, features, axes=("mlp", "embed"),
+                                lora=lora.adapter_settings(config, "down_proj"), **kw)
 
     def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
-        gate = self.gate_proj(x, lora.fold_rng(dropout_rng, 4))
-        up = self.up_proj(x, lora.fold_rng(dropout_rng, 5))
-        return self.down_proj(jax.nn.silu(gate) * up, lora.fold_rng(dropout_rng, 6))
+        gate = self.gate_proj(x, lora.dropout_key(dropout_rng, "gate_proj"))
+        up = self.up_proj(x, lora.dropout_key(dropout_rng, "up_proj"))
+        return self.down_proj(jax.nn.silu(gate) * up, lora.dropout_key(dropout_rng, "down_proj"))

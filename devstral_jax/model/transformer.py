@@ -1,4 +1,11 @@
-"""The Mistral/Devstral decoder: embedding, N pre-norm blocks (scanned or unrolled, rematerialised), final norm, lm_head."""
+"""The Mistral/Devstral decoder: embedding, pre-norm blocks (scanned or unrolled, rematerialised), final norm, lm_head.
+
+One call serves training, evaluation and decoding, as in flax's examples/gemma:
+
+    logits, _ = model(tokens, positions, segment_ids)                       # score a (packed, padded) batch
+    hidden, _ = model(tokens, positions, segment_ids, return_hidden=True)   # the chunked loss: model.logits piecewise
+    logits, cache = model(tokens, positions, segment_ids, cache)            # prefill, then one token per step
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from flax import nnx
 
 from devstral_jax.config import ModelConfig
 from devstral_jax.model.attention import Attention
-from devstral_jax.model.kv_cache import KVCache, LayerCache, write_slots
+from devstral_jax.model.kv_cache import KVCache, LayerCache, layer_view, write_layer, write_slots
 from devstral_jax.model.layers import MLP, Embed, RMSNorm
 from devstral_jax.model.linear import Linear
 
@@ -25,13 +32,9 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 dropout_rng: jax.Array | None = None, cache: LayerCache | None = None
-                 ) -> jax.Array | tuple[jax.Array, LayerCache]:
-        if cache is None:
-            x = x + self.attn(self.input_norm(x), positions, segment_ids, dropout_rng)
-            return x + self.mlp(self.post_attn_norm(x), dropout_rng)
-        attended, cache = self.attn(self.input_norm(x), positions, segment_ids, dropout_rng, cache)
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: LayerCache | None = None,
+                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, LayerCache | None]:
+        attended, cache = self.attn(self.input_norm(x), positions, segment_ids, cache, dropout_rng)
         x = x + attended
         return x + self.mlp(self.post_attn_norm(x), dropout_rng), cache
 
@@ -46,7 +49,7 @@ def remat_policy(name: str) -> Callable | None:
 
 
 class Transformer(nnx.Module):
-    """`tokens [B, T]` -> logits `[B, T, vocab]` (float32).
+    """`tokens [B, T]` -> (logits `[B, T, vocab]` float32 or final-normed hidden states, KV cache or None).
 
     `positions` restart at 0 for each document of a packed row and `segment_ids` number its documents
     (0 = padding), so no token attends across documents. With `scan_layers` the blocks' parameters are
@@ -67,76 +70,67 @@ class Transformer(nnx.Module):
                               param_dtype=param_dtype, rngs=rngs, init_std=config.initializer_range)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
-                 *, dropout_rng: jax.Array | None = None) -> jax.Array:
-        return self.logits(self.hidden_states(tokens, positions, segment_ids, dropout_rng=dropout_rng))
+                 cache: KVCache | None = None, *, dropout_rng: jax.Array | None = None,
+                 return_hidden: bool = False) -> tuple[jax.Array, KVCache | None]:
+        """(logits, or with `return_hidden` the final-normed hidden states `[B, T, hidden]`; the updated cache).
 
-    def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None,
-                      segment_ids: jax.Array | None = None, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-        """The final-normed hidden states `[B, T, hidden]`; the chunked loss applies `logits` piecewise.
-
-        `dropout_rng` switches LoRA dropout on (training); None means no dropout.
+        Without a cache the tokens attend to each other and the cache returned is None. With one, they follow
+        the tokens already in it (a whole prompt, then one token per step), attend to those too, and are
+        appended at `cache.index`. `positions` default to 0..T-1 (required with a cache: they continue each
+        row's) and `segment_ids` to a single document. `dropout_rng` switches LoRA dropout on (training).
         """
         if positions is None:
+            if cache is not None:
+                raise ValueError("With a cache, pass the new tokens' positions (they continue each row's).")
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
-        x = self.embedder(tokens)
-        x = self._run_blocks(x, positions, segment_ids, dropout_rng)
-        return self.final_norm(x)
-
-    def decode(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-               cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """Runs `tokens` `[B, T]` that follow the tokens already in `cache` (a whole prompt, then one token per
-        step): their final-normed hidden states `[B, T, hidden]`, and the cache with them appended at
-        `cache.index`. Inference only: no dropout, no remat.
-        """
-        cache = write_slots(cache, positions, segment_ids)
-        batch, seq = tokens.shape
-
-        def apply_block(block: Block, x: jax.Array, keys: jax.Array, values: jax.Array, layer: jax.Array | int):
-            view = LayerCache(keys[layer], values[layer], cache.positions, cache.segment_ids, cache.index)
-            x, view = block(x, positions, segment_ids, None, view)
-            # Write back only the T new slots of this layer, so the big cache is updated in place.
-            new = [jax.lax.dynamic_slice(a, (0, cache.index, 0, 0), (batch, seq, *a.shape[2:]))[None]
-                   for a in (view.keys, view.values)]
-            keys = jax.lax.dynamic_update_slice(keys, new[0], (layer, 0, cache.index, 0, 0))
-            values = jax.lax.dynamic_update_slice(values, new[1], (layer, 0, cache.index, 0, 0))
-            return x, keys, values
-
-        x, keys, values = self.embedder(tokens), cache.keys, cache.values
-        if self.config.scan_layers:
-            graphdef, stacked = nnx.split(self.layers)
-
-            def body(carry, layer_state):
-                x, keys, values, layer = carry
-                x, keys, values = apply_block(nnx.merge(graphdef, layer_state), x, keys, values, layer)
-                return (x, keys, values, layer + 1), None
-
-            (x, keys, values, _), _ = jax.lax.scan(body, (x, keys, values, jnp.int32(0)), stacked)
-        else:
-            for layer, block in enumerate(self.layers):
-                x, keys, values = apply_block(block, x, keys, values, layer)
-        return self.final_norm(x), cache._replace(keys=keys, values=values, index=cache.index + seq)
+        if cache is not None:
+            cache = write_slots(cache, positions, segment_ids)
+        x, cache = self._blocks(self.embedder(tokens), positions, segment_ids, cache, dropout_rng)
+        if cache is not None:
+            cache = cache._replace(index=cache.index + tokens.shape[1])
+        hidden = self.final_norm(x)
+        return (hidden if return_hidden else self.logits(hidden)), cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
+        """float32 logits of final-normed hidden states: the chunked loss and the sampler apply it to slices."""
         return self.lm_head(hidden).astype(jnp.float32)
 
-    def _run_blocks(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                    dropout_rng: jax.Array | None) -> jax.Array:
-        def apply_block(graphdef: nnx.GraphDef, state: nnx.State, rng: jax.Array | None, x: jax.Array) -> jax.Array:
-            return nnx.merge(graphdef, state)(x, positions, segment_ids, rng)
+    def _blocks(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None,
+                dropout_rng: jax.Array | None) -> tuple[jax.Array, KVCache | None]:
+        """Every block, through one layer body: scanned over the stacked layers, or looped over unrolled ones."""
+        new_slots = x.shape[1]
 
-        if self.config.remat_policy != "none":
-            apply_block = jax.checkpoint(apply_block, policy=remat_policy(self.config.remat_policy),
-                                         prevent_cse=not self.config.scan_layers, static_argnums=(0,))
+        def run_block(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, view: LayerCache | None,
+                      rng: jax.Array | None) -> tuple[jax.Array, LayerCache | None]:
+            return nnx.merge(graphdef, state)(x, positions, segment_ids, view, rng)
+
+        if self.config.remat_policy != "none":  # only differentiation sees it: a forward-only call runs it as is
+            run_block = jax.checkpoint(run_block, policy=remat_policy(self.config.remat_policy),
+                                       prevent_cse=not self.config.scan_layers, static_argnums=(0,))
+
+        def layer(graphdef: nnx.GraphDef, state: nnx.State, rng: jax.Array | None, index: jax.Array | int,
+                  x: jax.Array, cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
+            """One block; with a cache it attends over layer `index`'s slots, and only its new ones are written back."""
+            if cache is None:
+                return run_block(graphdef, state, x, None, rng)[0], None
+            x, view = run_block(graphdef, state, x, layer_view(cache, index), rng)
+            return x, write_layer(cache, index, view, new_slots)
+
         rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.config.num_layers)
-        if self.config.scan_layers:
-            graphdef, stacked = nnx.split(self.layers)
-            x, _ = jax.lax.scan(lambda h, layer: (apply_block(graphdef, *layer, h), None), x, (stacked, rngs))
-            return x
-        for i, block in enumerate(self.layers):
-            x = apply_block(*nnx.split(block), None if rngs is None else rngs[i], x)
-        return x
+        if not self.config.scan_layers:
+            for index, block in enumerate(self.layers):
+                x, cache = layer(*nnx.split(block), None if rngs is None else rngs[index], index, x, cache)
+            return x, cache
+        graphdef, stacked = nnx.split(self.layers)
+
+        def scan_body(carry, xs):  # the layer index rides in the carry: cheaper than scanning over an index array
+            x, cache, index = carry
+            return (*layer(graphdef, *xs, index, x, cache), index + 1), None
+
+        (x, cache, _), _ = jax.lax.scan(scan_body, (x, cache, jnp.int32(0)), (stacked, rngs))
+        return x, cache
 
 
 def _stacked_blocks(config: ModelConfig, rngs: nnx.Rngs) -> Block:

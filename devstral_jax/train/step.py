@@ -43,7 +43,8 @@ def init_state(lora: nnx.State, tx: optax.GradientTransformation, seed: int) -> 
 def _micro_loss(graphdef: nnx.GraphDef, lora: nnx.State, frozen: nnx.State, micro: Batch,
                 dropout_rng: jax.Array | None, chunk_size: int) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(graphdef, lora, frozen)
-    hidden = model.hidden_states(micro["inputs"], micro["positions"], micro["segment_ids"], dropout_rng=dropout_rng)
+    hidden, _ = model(micro["inputs"], micro["positions"], micro["segment_ids"], dropout_rng=dropout_rng,
+                      return_hidden=True)
     return chunked_loss_sum(hidden, micro["targets"], micro["loss_mask"], model.logits, chunk_size)
 
 
@@ -75,6 +76,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         grads = jax.tree.map(lambda g: g / tokens, grads)
         loss = loss_sum / tokens
         grad_norm = optax.tree.norm(grads)
+        # Not optax.apply_if_finite: it looks at the gradients only (this also rejects a non-finite loss); after
+        # `max_consecutive_errors` bad steps it gives up and applies the non-finite update, where the trainer
+        # stops the run at `train.max_bad_steps` with the adapters untouched; and its counters would sit inside
+        # `opt_state` instead of being the TrainState fields the trainer reads and checkpoints keep.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         updates, opt_state = tx.update(grads, state.opt_state, state.lora)
