@@ -1,5 +1,6 @@
 """The training input pipeline: record tokenization with loss masks, packing, resume, and bad shards."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -18,8 +19,9 @@ def tokenizer() -> RecordTokenizer:
 
 
 def _record(kind: str, **payload) -> Record:
-    return Record.from_dict({"id": f"{kind}-{len(str(payload))}", "kind": kind, "task": "t", "source": SOURCE,
-                             **payload})
+    """A record whose id is a hash of its content, as the data pipeline makes them (the reader counts an id once)."""
+    content_id = hashlib.sha256(json.dumps([kind, payload], sort_keys=True).encode()).hexdigest()[:24]
+    return Record.from_dict({"id": content_id, "kind": kind, "task": "t", "source": SOURCE, **payload})
 
 
 def test_chat_loss_mask_covers_exactly_the_assistant_turns(tokenizer):

@@ -75,7 +75,7 @@ def test_decontamination_rules():
     first = problems[0]
     assert first.docstring.startswith("check if in given list of numbers, are any two numbers closer")
     assert first.signature == "def has_close_elements(numbers, threshold) do"
-    decontaminator = Decontaminator(problems, ngram=13, min_chars=40)
+    decontaminator = Decontaminator(problems, ngram=13, min_chars=40, min_informative=3)
     hit = decontaminator.find([CONTAMINATED])
     assert (hit.problem, hit.rule) == ("HumanEval_0_has_close_elements", "docstring")
     hit = decontaminator.find([TESTS_COPIED])
@@ -129,7 +129,7 @@ def test_pipeline_drops_duplicates_and_contaminated_records(tmp_path, data_confi
     assert manifest["decontamination"]["benchmarks"] == {"humaneval_ex_3.jsonl": 3}
 
     records = [json.loads(line) for split in ("train", "validation")
-               for line in (tmp_path / "out" / f"{split}.jsonl").read_text().splitlines()]
+               for line in (tmp_path / "out" / "jsonl" / f"{split}.jsonl").read_text().splitlines()]
     files = sorted(r["source"]["path"] for r in records if r["task"] == "file")
     assert files == ["lib/a_reports.ex", "lib/f_other.ex"]
     assert not any("closer to each other" in json.dumps(r) for r in records)

@@ -25,8 +25,8 @@ def test_writer_rolls_shards_and_mirrors_jsonl(tmp_path):
     for record in records:
         writer.write(record)
     paths = writer.close()
-    assert [p.name for p in paths] == ["train-00000.array_record", "train-00001.array_record",
-                                       "train-00002.array_record", "train.jsonl"]
+    assert [str(p.relative_to(tmp_path)) for p in paths] == ["train-00000.array_record", "train-00001.array_record",
+                                       "train-00002.array_record", "jsonl/train.jsonl"]
     data = grain.sources.ArrayRecordDataSource([str(p) for p in paths[:-1]])
     assert [Record.from_json(data[i]) for i in range(len(data))] == records
-    assert (tmp_path / "train.jsonl").read_text().splitlines() == [r.to_json() for r in records]
+    assert (tmp_path / "jsonl" / "train.jsonl").read_text().splitlines() == [r.to_json() for r in records]
