@@ -163,7 +163,8 @@ def main(argv):
         "totals": {"files": files, "parsed": manifest["files"]["kept"],
                    "skipped": manifest["files"]["skipped_by_reason"],
                    "needs_newer_elixir": manifest["files"]["needs_newer_elixir"],
-                   "records": {split: manifest["splits"][split]["records_by_kind"] for split in ("train", "validation")},
+                   "records": {split: manifest["splits"][split]["records_by_kind"]
+                               for split in ("train", "validation")},
                    "secrets": manifest["secrets"]["found"]},
         "training_reads": reads,
         "decontamination": {"dropped_records": len(drops),

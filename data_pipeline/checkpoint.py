@@ -39,7 +39,8 @@ def code_version() -> str:
 def unit_settings(config: ml_collections.ConfigDict, kind: str, licences: Iterable[str] | None, code: str,
                   elixir: str) -> dict[str, Any]:
     """Everything that shapes one unit's result, flat (`instruct.fim_rate`), so changes can be named."""
-    shaping = {"seed": config.seed, "extensions": list(config.extensions), "licences.allow": list(config.licences.allow),
+    shaping = {"seed": config.seed, "extensions": list(config.extensions),
+               "licences.allow": list(config.licences.allow),
                **{f"filters.{k}": v for k, v in config.filters.to_dict().items()},
                **{f"instruct.{k}": v for k, v in config.instruct.to_dict().items()},
                **{f"archive.{k}": v for k, v in config.archive.to_dict().items()},

@@ -6,9 +6,10 @@ Elixir projects commit `secret_key_base`, signing salts, API keys and passwords 
     (AWS, GitHub, GitLab, Slack, Stripe, OpenAI, ... keys, JWTs, passwords in `scheme://user:pass@host`),
     and private key blocks;
   - Elixir/Phoenix patterns: the string literal given to `secret_key_base`, `signing_salt` (also inside
-    `live_view: [...]`), `encryption_salt`, Guardian's `secret_key`, Joken's signers, `password` (Repo
-    configs), and `*_key`/`*_token`/`*secret*` settings, in keyword lists, maps, module attributes and
-    assignments; and email addresses (not the reserved example.com, .test, .invalid, .localhost ones).
+    `live_view: [...]`), `encryption_salt`, Guardian's `secret_key`, Joken's signers (`default_signer`,
+    `Joken.Signer.create/2`), `password` (Repo configs), and `*_key`/`*_token`/`*secret*` settings, in
+    keyword lists, maps, module attributes and assignments; and email addresses (not the reserved
+    example.com, .test, .invalid, .localhost ones).
 A literal that reads as a placeholder or a development default ("postgres", `<...>`, `${...}`, interpolation,
 spaces, an environment variable's name, a single character class, under 8 characters) is not a secret.
 
@@ -35,12 +36,12 @@ _NOT_USED = {"IPPublicDetector", "PrivateKeyDetector", "CloudantDetector", "IbmC
              "IbmCosHmacDetector", "SoftlayerDetector"}
 _LONG_WORD = re.compile(r"[^\s\"'`,;(){}\[\]<>]{20,}")  # where a token can be: the detectors read only these
 _SECRET_NAME = re.compile(r"(?i)[a-z_]*(secret_key_base|salt|pass(word|wd)?|secret|api_?key|access_?key|auth_?key|"
-                          r"private_?key|token)[a-z_]*")
+                          r"private_?key|token|signer)[a-z_]*")
 # `name: "v"` (keyword lists, config), `"name" => "v"`, `name = "v"`, `@name "v"`, found from the part of the
 # name that marks a secret (its first letter as a class: much faster than a case-blind alternation in `re`);
 # the whole name is read backwards from there.
-_SETTING = re.compile(r'[sSpPkKtT](?:alt|ass|ecret|ey|oken|ALT|ASS|ECRET|EY|OKEN)\w*"?(?P<assign>:[ \t]*|[ \t]*=>[ \t]*|[ \t]*=[ \t]*|[ \t]+)'
-                      r'"(?P<value>[^"\\\n]{8,})"')
+_SETTING = re.compile(r'[sSpPkKtT](?:alt|ass|ecret|ey|oken|igner|ALT|ASS|ECRET|EY|OKEN|IGNER)\w*"?'
+                      r'(?P<assign>:[ \t]*|[ \t]*=>[ \t]*|[ \t]*=[ \t]*|[ \t]+)"(?P<value>[^"\\\n]{8,})"')
 _NAME_START = re.compile(r'(?P<attribute>@)?"?(?P<head>\w*)\Z')
 _LITERAL = r'"(?P<value>[^"\\\n]*)"'
 _JOKEN_SIGNER = re.compile(r'Joken\.Signer\.create\(\s*"[A-Z0-9]+"\s*,\s*' + _LITERAL)
@@ -73,12 +74,12 @@ class Scan:
 def scan(path: str, text: str) -> Scan:
     """The file's secrets and personal data, and its text with them redacted."""
     spans = _spans(text)
-    found = tuple(Found(kind, text.count("\n", 0, start) + 1) for start, _, kind in spans)
+    found = tuple(Found(kind, _line(text, start, end)) for start, end, kind in spans)
     if _SECRET_FILE.search(path):
         return Scan(text, found, "secrets: a *.secret.exs file holds deployment secrets")
     redacted = text
     for start, end, kind in reversed(spans):
-        redacted = redacted[:start] + _placeholder(kind, text[start:end]) + redacted[end:]
+        redacted = redacted[:start] + _placeholder(kind) + redacted[end:]
     return Scan(redacted, found, None)
 
 
@@ -86,7 +87,13 @@ def counts(found: tuple[Found, ...]) -> dict[str, int]:
     return dict(sorted(collections.Counter(f.kind for f in found).items()))
 
 
-def _placeholder(kind: str, value: str) -> str:
+def _line(text: str, start: int, end: int) -> int:
+    """The line of the value's first non-blank character (a PEM block's body starts after its BEGIN line)."""
+    value = text[start:end]
+    return text.count("\n", 0, start + len(value) - len(value.lstrip())) + 1
+
+
+def _placeholder(kind: str) -> str:
     return f"\n<{kind.upper()}>\n" if kind == "private_key" else f"<{kind.upper()}>"
 
 
@@ -112,8 +119,8 @@ def _spans(text: str) -> list[tuple[int, int, str]]:
     words = "\n".join(_LONG_WORD.findall(text))
     for kind, plugin in _token_plugins():
         for value in set(plugin.analyze_string(words)):
-            if _looks_secret(value):
-                spans += [(m.start(), m.end(), kind) for m in re.finditer(re.escape(value), text)]
+            if _looks_secret(value):  # the whole token: a detector may stop short (a JWT's signature)
+                spans += [(m.start(), m.end(), kind) for m in re.finditer(re.escape(value) + r"[\w.+/=-]*", text)]
     kept: list[tuple[int, int, str]] = []
     for span in sorted(spans):
         if not kept or span[0] >= kept[-1][1]:
@@ -123,7 +130,7 @@ def _spans(text: str) -> list[tuple[int, int, str]]:
 
 def _setting_kind(key: str) -> str:
     for part, kind in (("secret_key_base", "secret_key_base"), ("salt", "salt"), ("pass", "password"),
-                       ("token", "token"), ("secret", "secret")):
+                       ("token", "token"), ("secret", "secret"), ("signer", "secret")):
         if part in key:
             return kind
     return "key"
@@ -133,7 +140,7 @@ def _looks_secret(value: str) -> bool:
     """Not a placeholder, a development default, an environment variable's name or words."""
     if len(value) < 8 or re.search(r"\s|^<.*>$|^\$\{|#\{|^\.\.\.", value) or _PLACEHOLDER_WORDS.search(value):
         return False
-    if re.fullmatch(r"[A-Z][A-Z0-9_]*|[a-z]+([-_.][a-z]+)*", value):  # SECRET_KEY_BASE, plug-debugger-actions
+    if re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+|[a-z]+([-_.][a-z]+)*", value):  # ENV_NAME, plug-debugger-actions
         return False
     classes = sum(bool(re.search(pattern, value)) for pattern in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
     return classes >= 2 and len(set(value)) > 4
