@@ -173,28 +173,30 @@ async def process_unit(unit: Unit, context: _Context) -> dict[str, Any]:
     if not decision.allowed:
         return {**result, "status": "rejected", "reason": f"licence: {decision.reason}"}
     files = [{"path": s.path, "status": "skipped", "reason": s.reason} for s in fetched.skipped]
-    scans: dict[str, secret_filter.Scan] = {}
+    texts: dict[str, str] = {}
     for file in fetched.files:
         text = decode(file.content)
         reason = "invalid UTF-8: not a UTF-8 text file" if text is None else rejection(
             file.path, text, context.filters)
         if reason:
             files.append({"path": file.path, "status": "skipped", "reason": reason})
-        elif (scan := secret_filter.scan(file.path, text)).drop:
-            files.append({"path": file.path, "status": "skipped", "reason": scan.drop, **_secrets(scan)})
         else:
-            scans[file.path] = scan
+            texts[file.path] = text
     entries = await asyncio.gather(*(
         asyncio.to_thread(_file_entry, Source(unit.kind, unit.package, unit.version, path, decision.licence, unit.url),
-                          scan, context)
-        for path, scan in scans.items()))
+                          text, context)
+        for path, text in texts.items()))
     result["files"] = sorted(files + list(entries), key=lambda f: f["path"])
     return result
 
 
-def _file_entry(source: Source, scan: secret_filter.Scan, context: _Context) -> dict[str, Any]:
-    """Parses one (redacted) file and makes its records (with Tekken token counts); runs in a worker thread."""
+def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
+    """Redacts secrets, parses one file and makes its records (with Tekken token counts); runs in a worker
+    thread, so one file's scan overlaps another's parse."""
+    scan = secret_filter.scan(source.path, text)
     text, secrets = scan.text, _secrets(scan)
+    if scan.drop:
+        return {"path": source.path, "status": "skipped", "reason": scan.drop, **secrets}
     try:
         parsed = parse_source(context.pool, source.path, text)
     except SourceSyntaxError as error:
@@ -293,7 +295,7 @@ def _publish(staging: Path, output: Path) -> None:
     for stale in [*output.glob("*.array_record"), *output.glob("*.jsonl"), *output.glob(f"{MIRROR_DIR}/*.jsonl")]:
         stale.unlink()
     (output / MIRROR_DIR).mkdir(exist_ok=True)
-    for path in sorted(staging.rglob("*.*"), key=lambda p: p.name == "manifest.json"):
+    for path in sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "manifest.json"):
         path.replace(output / path.relative_to(staging))
     (staging / MIRROR_DIR).rmdir()
     staging.rmdir()
