@@ -220,9 +220,10 @@ def report(result: dict) -> None:
     print(f"decontamination: {decontam['dropped_records']} records dropped; not planted solutions: "
           f"{decontam['dropped_not_planted'] or 0}; planted solutions caught: {decontam['planted_dropped']} of "
           f"{decontam['planted_files']} (their records left in the output: {decontam['planted_records_in_output']})")
-    wrong = {k: v for k, v in result["licences_checked"].items() if v["expected"] != v["found"]}
-    print(f"licences: {len(result['licences_checked']) - len(wrong)} of {len(result['licences_checked'])} as in "
-          f"the README table" + (f"; wrong: {wrong}" if wrong else ""))
+    checked = result["licences_checked"]
+    wrong = {name: v for name, v in checked.items() if v["expected"] != v["found"]}
+    print(f"licences: {len(checked) - len(wrong)} of {len(checked)} as in the README table of --src"
+          + (f"; wrong: {wrong}" if wrong else "") if checked else "licences: not checked (--src has no README table)")
     print(f"checks: {result['checks']}")
 
 

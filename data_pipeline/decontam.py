@@ -130,10 +130,10 @@ class Decontaminator:
             if (problem.signature and problem.assertions and problem.signature in haystack
                     and problem.assertions in haystack):
                 return Hit(problem.benchmark, problem.name, "signature+tests", problem.signature[:MAX_SPAN_CHARS])
-        matches = list(CODE_TOKEN.finditer(joined))
-        tokens = [m.group().lower() for m in matches]
+        tokens = [t.lower() for t in CODE_TOKEN.findall(joined)]
         for i in range(len(tokens) - self.ngram + 1):
             if problem := self._ngrams.get(tuple(tokens[i:i + self.ngram])):
+                matches = list(CODE_TOKEN.finditer(joined))  # where the tokens are, only for a hit
                 span = joined[matches[i].start():matches[i + self.ngram - 1].end()]
                 return Hit(problem.benchmark, problem.name, "ngram", span[:MAX_SPAN_CHARS])
         return None

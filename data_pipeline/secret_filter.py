@@ -34,7 +34,7 @@ from detect_secrets.plugins.base import RegexBasedDetector
 # `name = value` context, which the Elixir patterns cover for every `*_key`/`*password`/`*secret` setting.
 _NOT_USED = {"IPPublicDetector", "PrivateKeyDetector", "CloudantDetector", "IbmCloudIamDetector",
              "IbmCosHmacDetector", "SoftlayerDetector"}
-_LONG_WORD = re.compile(r"[^\s\"'`,;(){}\[\]<>]{20,}")  # where a token can be: the detectors read only these
+_MIN_TOKEN_CHARS = 20  # the detectors read only the words this long: where a key can be (and much faster)
 _SECRET_NAME = re.compile(r"(?i)[a-z_]*(secret_key_base|salt|pass(word|wd)?|secret|api_?key|access_?key|auth_?key|"
                           r"private_?key|token|signer)[a-z_]*")
 # `name: "v"` (keyword lists, config), `"name" => "v"`, `name = "v"`, `@name "v"`, found from the part of the
@@ -116,7 +116,7 @@ def _spans(text: str) -> list[tuple[int, int, str]]:
         user = _EMAIL_USER.search(text, max(0, match.start() - 64), match.start())
         if user and not _RESERVED_DOMAINS.search(match.group("domain")) and user.group().lower() not in _NOT_PEOPLE:
             spans.append((user.start(), match.end("domain"), "email"))
-    words = "\n".join(_LONG_WORD.findall(text))
+    words = "\n".join(word for word in text.split() if len(word) >= _MIN_TOKEN_CHARS)
     for kind, plugin in _token_plugins():
         for value in set(plugin.analyze_string(words)):
             if _looks_secret(value):  # the whole token: a detector may stop short (a JWT's signature)
