@@ -10,8 +10,9 @@ Elixir projects commit `secret_key_base`, signing salts, API keys and passwords 
     `Joken.Signer.create/2`), `password` (Repo configs), and `*_key`/`*_token`/`*secret*` settings, in
     keyword lists, maps, module attributes and assignments; and email addresses (not the reserved
     example.com, .test, .invalid, .localhost ones).
-A literal that reads as a placeholder or a development default ("postgres", `<...>`, `${...}`, interpolation,
-spaces, an environment variable's name, a single character class, under 8 characters) is not a secret.
+A literal that reads as made up (words like example, dummy, test, secret, postgres; `<...>`, `${...}`,
+interpolation, spaces, an environment variable's name, lower-case words joined by dashes, a single character
+class, under 8 characters) is not a secret.
 
 Redact: the value is replaced by a placeholder naming its kind (`"<SECRET_KEY_BASE>"`), so the code around
 it (how to configure Phoenix, Ecto, Guardian) is kept and still parses, and the model never sees the value.
@@ -35,8 +36,10 @@ from detect_secrets.plugins.base import RegexBasedDetector
 _NOT_USED = {"IPPublicDetector", "PrivateKeyDetector", "CloudantDetector", "IbmCloudIamDetector",
              "IbmCosHmacDetector", "SoftlayerDetector"}
 _MIN_TOKEN_CHARS = 20  # the detectors read only the words this long: where a key can be (and much faster)
-_SECRET_NAME = re.compile(r"(?i)[a-z_]*(secret_key_base|salt|pass(word|wd)?|secret|api_?key|access_?key|auth_?key|"
-                          r"private_?key|token|signer)[a-z_]*")
+# A setting's name marks a secret when one of its snake_case parts does (`signing_salt`, `access_key_id`,
+# `default_signer`; not `passthrough` or `tokenizer`).
+_SECRET_NAME = re.compile(r"(?i)(^|_)(secret_key_base|salt|pass|password|passwd|passphrase|secret|api_?key|access_?key|"
+                          r"auth_?key|private_?key|token|signer)(_|$)")
 # `name: "v"` (keyword lists, config), `"name" => "v"`, `name = "v"`, `@name "v"`, found from the part of the
 # name that marks a secret (its first letter as a class: much faster than a case-blind alternation in `re`);
 # the whole name is read backwards from there.
@@ -106,7 +109,7 @@ def _spans(text: str) -> list[tuple[int, int, str]]:
     for match in _SETTING.finditer(text):
         before = _NAME_START.search(text, max(0, match.start() - 64), match.start())
         name = before.group("head") + text[match.start():match.start("assign")].rstrip('"')
-        if (_SECRET_NAME.fullmatch(name) and (before.group("attribute") or match.group("assign").strip())
+        if (_SECRET_NAME.search(name) and (before.group("attribute") or match.group("assign").strip())
                 and _looks_secret(match.group("value"))):
             spans.append((match.start("value"), match.end("value"), _setting_kind(name.lower())))
     for match in _JOKEN_SIGNER.finditer(text):
