@@ -67,7 +67,6 @@ _COMPILED = tuple((spdx, tuple(re.compile(p) for p in phrases)) for spdx, phrase
 class Declared:
     licence: str | None  # an SPDX expression; None when the tree names no licence
     source: str  # where it was found: "LICENSE", "mix.exs licenses", "README.md licence section", or ""
-    evidence: tuple[str, ...]  # every place that was read and what it said, for the report
 
 
 def recognise(text: str) -> str | None:
@@ -77,21 +76,16 @@ def recognise(text: str) -> str | None:
 
 
 def declared_licence(root: Path) -> Declared:
-    evidence: list[str] = []
     files = sorted(p for p in root.iterdir() if p.is_file() and _LICENCE_FILE.match(p.name))
     found = {path.name: recognise(_read(path)) or UNRECOGNISED for path in files}
-    evidence += [f"{name}: {spdx}" for name, spdx in found.items()]
     if found:
-        ids = sorted(set(found.values()))
-        return Declared(" AND ".join(ids), ", ".join(found), tuple(evidence))
+        return Declared(" AND ".join(sorted(set(found.values()))), ", ".join(found))
     if (mix := root / "mix.exs").is_file() and (declared := _mix_licences(_read(mix))):
-        evidence.append(f"mix.exs licenses: {declared}")
-        return Declared(declared, "mix.exs licenses", tuple(evidence))
+        return Declared(declared, "mix.exs licenses")
     for readme in sorted(p for p in root.iterdir() if p.is_file() and _README.match(p.name)):
         if spdx := _readme_licence(_read(readme)):
-            evidence.append(f"{readme.name}: {spdx}")
-            return Declared(spdx, f"{readme.name} licence section", tuple(evidence))
-    return Declared(None, "", tuple(evidence))
+            return Declared(spdx, f"{readme.name} licence section")
+    return Declared(None, "")
 
 
 def _read(path: Path) -> str:

@@ -38,7 +38,7 @@ class LocalSource:
         for root in self.roots:
             paths = await asyncio.to_thread(self._list, root)
             version = _tree_version(root, paths)
-            declared = (Declared(self.licence, "config sources.local.licence", ()) if self.licence
+            declared = (Declared(self.licence, "config sources.local.licence") if self.licence
                         else await asyncio.to_thread(declared_licence, root))
             for index in range(0, len(paths), self.batch_files):
                 batch = paths[index:index + self.batch_files]
