@@ -23,6 +23,7 @@ RUNTIME = [
     "matplotlib>=3.8",
     "sacrebleu>=2.4",
     "gguf>=0.17",
+    "detect-secrets>=1.5",
 ]
 
 EXTRAS = {
@@ -39,10 +40,8 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["devstral_jax", "devstral_jax.*", "data_pipeline", "data_pipeline.*"]),
-    package_data={
-        "data_pipeline": ["sources/*.exs"],
-        "devstral_jax": ["data/sample/*", "elixir/*.exs", "eval/*.exs", "eval/data/*.jsonl", "eval/data/*.md"],
-    },
+    package_data={"data_pipeline": ["sources/*.exs"],
+                  "devstral_jax": ["data/sample/*", "elixir/*.exs", "eval/*.exs", "eval/data/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )

@@ -1,6 +1,7 @@
 """The pipeline's settings: `base_config()` holds every default; configs/data_*.py override a few.
 
-Relative paths (output_dir, local sources, benchmarks) are taken from the working directory.
+Relative paths (output_dir, local sources, benchmarks) are taken from the working directory; every default
+path is inside the package (the shipped HumanEval-Elixir for decontamination).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from pathlib import Path
 import ml_collections
 
 from data_pipeline import PipelineError
+from devstral_jax.eval.benchmarks import HUMANEVAL_EX
 
 MiB = 1 << 20
 
 PERMISSIVE_LICENCES = ("MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "MPL-2.0", "0BSD", "Unlicense",
                        "CC0-1.0", "Zlib", "BSL-1.0")
-OWN_CODE_LICENCE = "LicenseRef-own-code"  # what local sources declare by default: code you own
+OWN_CODE_LICENCE = "LicenseRef-own-code"  # for sources.local.licence: code you own (detection finds no licence)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -41,7 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
         enabled=False, api_url="https://api.github.com", token_env="GITHUB_TOKEN", min_stars=10,
         pushed_since="2021-01-01", created_from="2011-01-01", created_until="", page_size=100, search_cap=1000,
         max_repos=0, max_tarball_bytes=64 * MiB, max_uncompressed_bytes=512 * MiB))
-    c.sources.local = ml_collections.ConfigDict(dict(paths=(), licence=OWN_CODE_LICENCE, batch_files=200))
+    # licence: "" detects each tree's own (LICENSE, mix.exs, README); an SPDX expression overrides it for all.
+    c.sources.local = ml_collections.ConfigDict(dict(paths=(), licence="", batch_files=200))
     c.sources.otp_docs = ml_collections.ConfigDict(dict(
         enabled=False, apps=("elixir", "eex", "ex_unit", "iex", "logger", "mix")))
 
@@ -54,7 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
                            "do not edit", "@generated"),
         generated_marker_lines=5))
     c.dedup = ml_collections.ConfigDict(dict(ngram=5, num_perm=256, threshold=0.7))
-    c.decontam = ml_collections.ConfigDict(dict(benchmarks=("../shared/benchmarks",), ngram=13, min_chars=40))
+    # min_informative: tokens of a matching n-gram that must be words, not numbers or the benchmark's scaffold.
+    c.decontam = ml_collections.ConfigDict(dict(benchmarks=(str(HUMANEVAL_EX),), ngram=13, min_chars=40,
+                                                min_informative=3))
     c.instruct = ml_collections.ConfigDict(dict(
         fim_rate=0.5, max_value_questions=3, min_doc_chars=20, min_moduledoc_chars=80, max_context_chars=16_000))
     c.split = ml_collections.ConfigDict(dict(validation_fraction=0.05))
@@ -84,6 +89,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(0.0 <= config.instruct.fim_rate <= 1.0, "instruct.fim_rate must be in [0, 1]")
     check(0.0 < config.dedup.threshold <= 1.0, "dedup.threshold must be in (0, 1]")
     check(config.dedup.ngram >= 1 and config.decontam.ngram >= 1, "dedup.ngram and decontam.ngram must be >= 1")
+    check(0 <= config.decontam.min_informative <= config.decontam.ngram,
+          "decontam.min_informative must be between 0 and decontam.ngram")
     check(config.shards.records_per_shard >= 1, "shards.records_per_shard must be at least 1")
     check(config.http.retries >= 0, "http.retries must be >= 0")
     check(all(e.startswith(".") for e in config.extensions), "extensions must look like (\".ex\", \".exs\")")

@@ -1,11 +1,16 @@
 """Decontamination: drop training records that contain an evaluation problem.
 
 Benchmarks are JSONL files in MultiPL-E's format (`name`, `prompt`, `tests`), e.g. HumanEval or MBPP in
-Elixir, read by the evaluation's own reader (devstral_jax.eval.benchmarks). A record is dropped when, after
-lower-casing, removing comment markers and collapsing white space (StarCoder's substring rule), it contains
+Elixir, read by the evaluation's own reader (devstral_jax.eval.benchmarks); the default is the shipped
+HumanEval-Elixir. A record is dropped when, after lower-casing, removing comment markers and collapsing
+white space (StarCoder's substring rule), it contains
   - a problem's docstring (the description in the prompt's leading comments), or
   - both its signature (the `def` line the completion continues) and its tests' assertions;
-or when it shares a run of `ngram` code tokens with the problem's prompt + tests.
+or when it shares a run of `ngram` code tokens with the problem's prompt + tests that holds at least
+`min_informative` informative tokens: words, not numbers, other than the scaffold every problem shares
+(`defmodule HumanEval`, `candidate`, ExUnit's boilerplate, Elixir keywords). A run of numbers is data that
+any numeric library repeats (Nx's `[[1, 2, 3, 4], [5, 6, 7, 8], ...]` is in HumanEval 129's tests), not a
+copied problem. Every hit names its rule and the matched span of the record.
 """
 
 from __future__ import annotations
@@ -16,8 +21,13 @@ from pathlib import Path
 from typing import Iterable
 
 from data_pipeline import PipelineError
-from data_pipeline.dedup import code_tokens
+from data_pipeline.dedup import CODE_TOKEN
 from devstral_jax.eval.benchmarks import Problem, load_problems
+
+# Tokens every MultiPL-E Elixir problem has (its module, `candidate`, the ExUnit script) and Elixir keywords.
+SCAFFOLD = frozenset("humaneval humanevaltest candidate exunit start use case async test assert refute defmodule "
+                     "def defp do end fn true false nil when and or not in if else".split())
+MAX_SPAN_CHARS = 300  # of a matched span in the manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +47,18 @@ class Hit:
     benchmark: str
     problem: str
     rule: str  # docstring | signature+tests | ngram
+    span: str  # what matched: the normalized docstring or signature, or the record's text of the n-gram
 
 
 def normalize(text: str) -> str:
     """Lower case, comment markers and `iex>` prompts removed, white space collapsed."""
     lines = (re.sub(r"^\s*(#+|iex>|\.\.\.>)\s?", "", line) for line in text.lower().split("\n"))
     return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+def informative(token: str) -> bool:
+    """A word that can tell one problem from ordinary code: not a number, not scaffold."""
+    return not token[0].isdigit() and token not in SCAFFOLD
 
 
 def load_benchmarks(paths: Iterable[str]) -> list[Fingerprint]:
@@ -65,7 +81,7 @@ def _fingerprint(benchmark: str, problem: Problem) -> Fingerprint:
     prompt, tests = problem.prompt, problem.tests
     return Fingerprint(benchmark=benchmark, name=problem.name, docstring=_docstring(prompt),
                        signature=_signature(prompt), assertions=_assertions(tests),
-                       tokens=tuple(t.lower() for t in code_tokens(prompt + "\n" + tests)))
+                       tokens=tuple(t.lower() for t in CODE_TOKEN.findall(prompt + "\n" + tests)))
 
 
 def _docstring(prompt: str) -> str:
@@ -91,14 +107,16 @@ def _assertions(tests: str) -> str:
 
 
 class Decontaminator:
-    def __init__(self, problems: list[Fingerprint], ngram: int, min_chars: int):
+    def __init__(self, problems: list[Fingerprint], ngram: int, min_chars: int, min_informative: int):
         self.problems = problems
         self.ngram = ngram
         self.min_chars = min_chars  # shorter docstrings/signatures would match innocent code
         self._ngrams: dict[tuple[str, ...], Fingerprint] = {}
         for problem in problems:
             for i in range(len(problem.tokens) - ngram + 1):
-                self._ngrams.setdefault(problem.tokens[i:i + ngram], problem)
+                gram = problem.tokens[i:i + ngram]
+                if sum(map(informative, gram)) >= min_informative:
+                    self._ngrams.setdefault(gram, problem)
 
     def find(self, texts: list[str]) -> Hit | None:
         """The first benchmark problem found in the record made of `texts`, or None."""
@@ -108,12 +126,14 @@ class Decontaminator:
         haystack = normalize(joined)
         for problem in self.problems:
             if len(problem.docstring) >= self.min_chars and problem.docstring in haystack:
-                return Hit(problem.benchmark, problem.name, "docstring")
+                return Hit(problem.benchmark, problem.name, "docstring", problem.docstring[:MAX_SPAN_CHARS])
             if (problem.signature and problem.assertions and problem.signature in haystack
                     and problem.assertions in haystack):
-                return Hit(problem.benchmark, problem.name, "signature+tests")
-        tokens = [t.lower() for t in code_tokens(joined)]
+                return Hit(problem.benchmark, problem.name, "signature+tests", problem.signature[:MAX_SPAN_CHARS])
+        tokens = [t.lower() for t in CODE_TOKEN.findall(joined)]
         for i in range(len(tokens) - self.ngram + 1):
             if problem := self._ngrams.get(tuple(tokens[i:i + self.ngram])):
-                return Hit(problem.benchmark, problem.name, "ngram")
+                matches = list(CODE_TOKEN.finditer(joined))  # where the tokens are, only for a hit
+                span = joined[matches[i].start():matches[i + self.ngram - 1].end()]
+                return Hit(problem.benchmark, problem.name, "ngram", span[:MAX_SPAN_CHARS])
         return None

@@ -14,7 +14,7 @@ import re
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-_CODE_TOKEN = re.compile(r"[A-Za-z0-9_]+")
+CODE_TOKEN = re.compile(r"[A-Za-z0-9_]+")
 
 
 def normalized(text: str) -> str:
@@ -27,7 +27,7 @@ def exact_key(text: str) -> str:
 
 
 def code_tokens(text: str) -> list[str]:
-    return _CODE_TOKEN.findall(text)
+    return CODE_TOKEN.findall(text)
 
 
 class NearDuplicates:

@@ -2,11 +2,13 @@
 
 collect   every source lists units (packages, repositories, file batches, OTP apps); units run concurrently
           (asyncio for the network, the Elixir pool for parsing): licence check, fetch, decode, filter,
-          parse, records and token counts. Each finished unit is checkpointed atomically, so a killed run
-          resumes where it stopped; a unit that failed for a transient reason is retried by the next run.
-assemble  all checkpoints, in unit-id order: exact and near file dedup, exact record dedup, decontamination,
-          split by package, shards + JSONL mirror, manifest.json and report.md. It is cheap and
-          deterministic, so it is simply redone from the checkpoints on every run.
+          secrets, parse, records and token counts. Each finished unit is checkpointed atomically under a
+          key of everything that shaped it, so a killed run resumes where it stopped, a rerun with other
+          settings (or code, or Elixir) redoes the units they change and says so, and a unit that failed for
+          a transient reason is retried by the next run.
+assemble  the checkpoints of the units listed now, in unit-id order: exact and near file dedup, exact record
+          dedup, decontamination, split by package, shards + JSONL mirror, manifest.json and report.md. It is
+          cheap and deterministic, so it is simply redone from the checkpoints on every run.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ import ml_collections
 from tqdm import tqdm
 
 from data_pipeline import manifest as manifest_lib
-from data_pipeline.checkpoint import UnitStore
+from data_pipeline import secret_filter
+from data_pipeline.checkpoint import UnitStore, changes, code_version, key, unit_settings
 from data_pipeline.config import validate
 from data_pipeline.decontam import Decontaminator, load_benchmarks
 from data_pipeline.dedup import NearDuplicates, exact_key
 from data_pipeline.filters import FilterConfig, decode, rejection
 from data_pipeline.instruct import InstructConfig, file_records
 from data_pipeline.licences import decide
-from data_pipeline.shards import SplitWriter, validation_packages
+from data_pipeline.newer_syntax import installed_elixir, needs_newer
+from data_pipeline.shards import MIRROR_DIR, SplitWriter, validation_packages
 from data_pipeline.sources import FetchFailed, Unit, UnitRejected, UnitSource
 from data_pipeline.sources.github import GitHubConfig, GitHubSource
 from data_pipeline.sources.hex_cache import HexCacheSource
@@ -53,8 +57,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     validate(config)
     output = Path(config.output_dir)
     store = UnitStore(output / "work" / "units")
-    failures = asyncio.run(collect(config, output, store))
-    return assemble(config, output, store, failures)
+    pipeline = {"version": code_version(), "elixir_version": installed_elixir()}
+    listed, redone, failures = asyncio.run(collect(config, output, store, pipeline))
+    return assemble(config, output, store, listed, failures, {**pipeline, "redone_units": redone})
 
 
 # --- collect -------------------------------------------------------------------------------------------------
@@ -66,17 +71,22 @@ class _Context:
     tokenizer: Any
     filters: FilterConfig
     instruct: InstructConfig
+    elixir_version: str
 
 
-async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitStore) -> list[dict[str, Any]]:
-    """Processes every unit not yet checkpointed; returns the units that failed (to retry next run)."""
+async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitStore, pipeline: dict[str, str]
+                  ) -> tuple[list[tuple[str, str]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Processes every unit not checkpointed under its current key. Returns the (unit id, key) of every unit
+    listed, the units redone because what shapes them changed, and the units that failed (retried next run)."""
     pool = parser_pool(config.workers)
     otp_worker = otp_docs_worker() if config.sources.otp_docs.enabled else None
     http = HttpClient(HttpConfig(**config.http), output / "cache" / "http")
     context = _Context(config, pool, _tekken(), FilterConfig(**config.filters),
-                       InstructConfig(seed=config.seed, **config.instruct))
+                       InstructConfig(seed=config.seed, **config.instruct), pipeline["elixir_version"])
+    listed: list[tuple[str, str]] = []
+    redone: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    queue: asyncio.Queue[Unit | None] = asyncio.Queue(maxsize=2 * config.units_in_flight)
+    queue: asyncio.Queue[tuple[Unit, dict[str, Any], str] | None] = asyncio.Queue(maxsize=2 * config.units_in_flight)
     progress = tqdm(desc="units", unit="unit", disable=not config.progress)
 
     async def produce() -> None:
@@ -84,10 +94,16 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
             for source in _sources(config, output / "cache", http, pool, otp_worker):
                 try:
                     async for unit in source.units():
-                        if store.done(unit.id):
+                        settings = unit_settings(config, unit.kind, unit.licences, pipeline["version"],
+                                                 pipeline["elixir_version"])
+                        unit_key = key(settings)
+                        listed.append((unit.id, unit_key))
+                        if store.done(unit.id, unit_key):
                             progress.update()
-                        else:
-                            await queue.put(unit)
+                            continue
+                        if (old := store.stale(unit.id, unit_key)) is not None:
+                            redone.append({"unit": unit.id, "changes": changes(old, settings)})
+                        await queue.put((unit, settings, unit_key))
                 except FetchFailed as error:
                     failures.append({"unit": {"id": f"listing of {type(source).__name__}"}, "reason": str(error)})
         finally:
@@ -95,9 +111,10 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
                 await queue.put(None)
 
     async def consume() -> None:
-        while (unit := await queue.get()) is not None:
+        while (item := await queue.get()) is not None:
+            unit, settings, unit_key = item
             try:
-                store.save(await process_unit(unit, context))
+                store.save({**await process_unit(unit, context), "settings": settings}, unit_key)
             except FetchFailed as error:
                 failures.append({"unit": unit.describe(), "reason": str(error)})
                 log.warning("%s failed (a re-run retries it): %s", unit.id, error)
@@ -111,7 +128,9 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
         pool.close()
         if otp_worker:
             otp_worker.close()
-    return failures
+    for change_set, count in collections.Counter("; ".join(unit["changes"]) for unit in redone).items():
+        log.warning("Redid %d saved units because what shapes them changed: %s", count, change_set)
+    return listed, redone, failures
 
 
 def _sources(config: ml_collections.ConfigDict, cache: Path, http: HttpClient, pool: ElixirPool,
@@ -139,10 +158,10 @@ def _sources(config: ml_collections.ConfigDict, cache: Path, http: HttpClient, p
 
 
 async def process_unit(unit: Unit, context: _Context) -> dict[str, Any]:
-    """Licence, fetch, decode, filter, parse, records: the whole checkpointed result of one unit."""
+    """Licence, fetch, decode, filter, secrets, parse, records: the whole checkpointed result of one unit."""
     allow = context.config.licences.allow
     result: dict[str, Any] = {"unit": unit.describe(), "status": "done", "reason": "", "licence": None, "files": []}
-    decision = decide(unit.licences, allow) if unit.licences is not None else None
+    decision = decide(unit.licences, allow, unit.licence_source) if unit.licences is not None else None
     if decision is None or decision.allowed:
         try:
             fetched = await unit.fetch()
@@ -172,16 +191,30 @@ async def process_unit(unit: Unit, context: _Context) -> dict[str, Any]:
 
 
 def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
-    """Parses one file and makes its records (with Tekken token counts); runs in a worker thread."""
+    """Redacts secrets, parses one file and makes its records (with Tekken token counts); runs in a worker
+    thread, so one file's scan overlaps another's parse."""
+    scan = secret_filter.scan(source.path, text)
+    text, secrets = scan.text, _secrets(scan)
+    if scan.drop:
+        return {"path": source.path, "status": "skipped", "reason": scan.drop, **secrets}
     try:
         parsed = parse_source(context.pool, source.path, text)
     except SourceSyntaxError as error:
-        return {"path": source.path, "status": "skipped", "reason": f"parse error: {error}"}
+        reason = needs_newer(text, str(error), context.elixir_version) or f"parse error: {error}"
+        return {"path": source.path, "status": "skipped", "reason": reason, **secrets}
     except (WorkerError, WorkerCrashed, WorkerTimeout) as error:  # one odd file must not end a long run
-        return {"path": source.path, "status": "skipped", "reason": f"parser failed: {str(error).splitlines()[0]}"}
+        return {"path": source.path, "status": "skipped", "reason": f"parser failed: {str(error).splitlines()[0]}",
+                **secrets}
     records = file_records(source, text, parsed, context.instruct)
-    return {"path": source.path, "status": "kept", "reason": "",
+    return {"path": source.path, "status": "kept", "reason": "", **secrets,
             "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in records]}
+
+
+def _secrets(scan: secret_filter.Scan) -> dict[str, Any]:
+    """A file entry's note of what was redacted (kinds and lines, never the values); nothing when clean."""
+    if not scan.found:
+        return {}
+    return {"secrets": {"kinds": secret_filter.counts(scan.found), "lines": sorted({f.line for f in scan.found})}}
 
 
 @functools.cache
@@ -195,13 +228,17 @@ def _tokens(tokenizer: Any, record: Record) -> int:
 
 # --- assemble ------------------------------------------------------------------------------------------------
 
-def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore,
-             failures: list[dict[str, Any]]) -> dict[str, Any]:
-    """Dedup, decontamination, split and shards from every checkpoint; writes manifest.json and report.md."""
+def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, listed: list[tuple[str, str]],
+             failures: list[dict[str, Any]], pipeline: dict[str, Any]) -> dict[str, Any]:
+    """Dedup, decontamination, split and shards from the checkpoints of the units listed now (in their current
+    keys); writes manifest.json and report.md."""
     problems = load_benchmarks(config.decontam.benchmarks)
-    decontaminator = Decontaminator(problems, config.decontam.ngram, config.decontam.min_chars)
+    decontaminator = Decontaminator(problems, config.decontam.ngram, config.decontam.min_chars,
+                                    config.decontam.min_informative)
     near = NearDuplicates(config.dedup.threshold, config.dedup.num_perm, config.dedup.ngram)
-    units = [manifest_lib.summarize(result) for result in store.results()]  # a first pass, without the records
+    keys = dict(listed)
+    units = [manifest_lib.summarize(result, keys[result["unit"]["id"]])  # a first pass, without the records
+             for result in store.results(listed)]
     files_per_package = collections.Counter()
     for unit in units:
         if unit["files_kept"]:
@@ -216,7 +253,8 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore,
     tally = manifest_lib.Tally()
     seen_files: dict[str, str] = {}
     seen_records: set[str] = set()
-    for result in tqdm(store.results(), desc="assemble", unit="unit", total=len(units), disable=not config.progress):
+    for result in tqdm(store.results(listed), desc="assemble", unit="unit", total=len(units),
+                       disable=not config.progress):
         for file in result["files"]:
             if file["status"] != "kept":
                 continue
@@ -244,17 +282,20 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore,
                 writers[split].write(dataclasses.replace(record, split=split))
                 tally.kept(record, split, entry["tokens"])
 
-    produced = {split: writer.close() for split, writer in writers.items()}
-    manifest = manifest_lib.build(config, units, failures, tally, problems, produced)
+    produced = {split: [str(path.relative_to(staging)) for path in writer.close()] for split, writer in writers.items()}
+    manifest = manifest_lib.build(config, pipeline, units, failures, tally, problems, produced)
     manifest_lib.write(manifest, staging)
     _publish(staging, output)
     return manifest
 
 
 def _publish(staging: Path, output: Path) -> None:
-    """Moves the finished files into output_dir, replacing the previous run's; the manifest goes last."""
-    for stale in list(output.glob("*.array_record")) + list(output.glob("*.jsonl")):
+    """Moves the finished files into output_dir, replacing the previous run's (and a JSONL mirror left beside
+    the shards by older versions); the manifest goes last."""
+    for stale in [*output.glob("*.array_record"), *output.glob("*.jsonl"), *output.glob(f"{MIRROR_DIR}/*.jsonl")]:
         stale.unlink()
-    for path in sorted(staging.iterdir(), key=lambda p: p.name == "manifest.json"):
-        path.replace(output / path.name)
+    (output / MIRROR_DIR).mkdir(exist_ok=True)
+    for path in sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "manifest.json"):
+        path.replace(output / path.relative_to(staging))
+    (staging / MIRROR_DIR).rmdir()
     staging.rmdir()

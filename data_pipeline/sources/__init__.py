@@ -39,7 +39,7 @@ class Fetched:
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """One checkpointed piece of work. `licences` is set when known before fetching, so a unit whose
-    licence is not allowed is never downloaded."""
+    licence is not allowed is never downloaded; `licence_source` says where it was found."""
 
     id: str  # unique and stable across runs, e.g. "hex/jason/1.4.1"
     kind: str  # hex | github | local | otp_docs
@@ -48,6 +48,7 @@ class Unit:
     url: str
     fetch: Callable[[], Awaitable[Fetched]] = dataclasses.field(compare=False, repr=False)
     licences: tuple[str, ...] | None = None
+    licence_source: str = ""
 
     def describe(self) -> dict[str, object]:
         return {"id": self.id, "kind": self.kind, "package": self.package, "version": self.version, "url": self.url}

@@ -2,7 +2,8 @@
 
 The files are cut into batches of `batch_files`, one unit each. A tree's version is a hash of its file
 list and their sizes and modification times, so editing the tree makes a resumed run redo it. The
-licence is the one the config declares for local code.
+licence is detected from the tree (licence_detect.py: LICENSE files, mix.exs, README), unless the config
+declares one for all local code (`sources.local.licence`, e.g. LicenseRef-own-code for code you own).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from data_pipeline import PipelineError
+from data_pipeline.licence_detect import Declared, declared_licence
 from data_pipeline.sources import Fetched, Skipped, SourceFile, Unit, existing_directories
 
 _SKIPPED_DIRS = {"_build", "deps", "node_modules"}  # build output and vendored dependencies
@@ -27,7 +29,7 @@ class LocalSource:
         self.roots = existing_directories(paths, "sources.local.paths")
         if len({root.name for root in self.roots}) != len(self.roots):
             raise PipelineError("sources.local.paths: two paths share a folder name; each names its package.")
-        self.licence = licence
+        self.licence = licence  # "" to detect each tree's own
         self.batch_files = batch_files
         self.extensions = extensions
         self.max_file_bytes = max_file_bytes
@@ -36,10 +38,13 @@ class LocalSource:
         for root in self.roots:
             paths = await asyncio.to_thread(self._list, root)
             version = _tree_version(root, paths)
+            declared = (Declared(self.licence, "config sources.local.licence") if self.licence
+                        else await asyncio.to_thread(declared_licence, root))
             for index in range(0, len(paths), self.batch_files):
                 batch = paths[index:index + self.batch_files]
                 yield Unit(id=f"local/{root.name}/{version}/{index // self.batch_files:05d}", kind="local",
-                           package=root.name, version=version, url=root.as_uri(), licences=(self.licence,),
+                           package=root.name, version=version, url=root.as_uri(),
+                           licences=(declared.licence,) if declared.licence else (), licence_source=declared.source,
                            fetch=lambda root=root, batch=batch: asyncio.to_thread(self._read, root, batch))
 
     def _list(self, root: Path) -> list[str]:

@@ -20,6 +20,8 @@ from typing import Iterable
 from devstral_jax.errors import BenchmarkError
 from devstral_jax.eval.verdict import Program
 
+HUMANEVAL_EX = Path(__file__).with_name("data") / "humaneval_ex.jsonl"  # the shipped benchmark: data/HUMANEVAL.md
+
 
 @dataclasses.dataclass(frozen=True)
 class Problem:

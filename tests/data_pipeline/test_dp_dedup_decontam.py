@@ -1,13 +1,15 @@
 """Filters, exact and near dedup, and decontamination, alone and through the pipeline."""
 
 import json
+from pathlib import Path
 
-from conftest import BENCHMARK
+from conftest import BENCHMARK, FIXTURES
 
 from data_pipeline.decontam import Decontaminator, load_benchmarks, normalize
 from data_pipeline.dedup import NearDuplicates, exact_key
 from data_pipeline.filters import FilterConfig, rejection
 from data_pipeline.run import run
+from devstral_jax.eval.benchmarks import HUMANEVAL_EX, load_problems, read_jsonl
 
 FUNCTIONS = [
     ("total", "items", "Enum.reduce(items, 0, fn item, acc -> item.price * item.quantity + acc end)"),
@@ -75,7 +77,7 @@ def test_decontamination_rules():
     first = problems[0]
     assert first.docstring.startswith("check if in given list of numbers, are any two numbers closer")
     assert first.signature == "def has_close_elements(numbers, threshold) do"
-    decontaminator = Decontaminator(problems, ngram=13, min_chars=40)
+    decontaminator = Decontaminator(problems, ngram=13, min_chars=40, min_informative=3)
     hit = decontaminator.find([CONTAMINATED])
     assert (hit.problem, hit.rule) == ("HumanEval_0_has_close_elements", "docstring")
     hit = decontaminator.find([TESTS_COPIED])
@@ -129,8 +131,56 @@ def test_pipeline_drops_duplicates_and_contaminated_records(tmp_path, data_confi
     assert manifest["decontamination"]["benchmarks"] == {"humaneval_ex_3.jsonl": 3}
 
     records = [json.loads(line) for split in ("train", "validation")
-               for line in (tmp_path / "out" / f"{split}.jsonl").read_text().splitlines()]
+               for line in (tmp_path / "out" / "jsonl" / f"{split}.jsonl").read_text().splitlines()]
     files = sorted(r["source"]["path"] for r in records if r["task"] == "file")
     assert files == ["lib/a_reports.ex", "lib/f_other.ex"]
     assert not any("closer to each other" in json.dumps(r) for r in records)
     assert len({r["id"] for r in records}) == len(records)
+
+
+REAL = FIXTURES / "real"
+COMPLETIONS = Path(__file__).parents[1] / "eval" / "data" / "humaneval_ex_completions.jsonl"
+
+
+def correct_solutions() -> list[tuple[str, str]]:
+    """(problem name, prompt + a correct hand-written completion): a real benchmark solution, as a file."""
+    problems = {p.name: p for p in load_problems(HUMANEVAL_EX)}
+    return [(line["name"], problems[line["name"]].prompt + line["completion"])
+            for _, line in read_jsonl(COMPLETIONS) if line.get("kind") == "correct"]
+
+
+def test_number_runs_are_not_benchmark_problems_but_solutions_are():
+    """Nx's doc example `[0, 1, 2, ..., 15]` shares 13 tokens with HumanEval 129's tests: numbers, not a copy."""
+    problems = load_benchmarks([str(HUMANEVAL_EX)])
+    assert len(problems) == 161
+    nx = (REAL / "nx_flatten.ex").read_text()
+    old_rule = Decontaminator(problems, ngram=13, min_chars=40, min_informative=0)
+    assert old_rule.find([nx]).problem == "HumanEval_129_minPath"  # what dropped nx.ex
+    decontaminator = Decontaminator(problems, ngram=13, min_chars=40, min_informative=3)
+    assert decontaminator.find([nx]) is None
+    assert decontaminator.find([(REAL / "plug_session_cookie.ex").read_text()]) is None
+
+    solutions = correct_solutions()
+    assert len(solutions) == 16
+    for name, solution in solutions:
+        hit = decontaminator.find(["```elixir\n" + solution + "\n```"])
+        assert hit.problem == name and hit.span, name
+    for problem in load_problems(HUMANEVAL_EX):  # every prompt is caught, short docstrings too (by n-grams)
+        assert decontaminator.find(["Solve this.", problem.prompt + ":ok\n  end\nend\n"]).problem == problem.name
+
+
+def test_each_dropped_record_is_reported_with_its_matched_span(tmp_path, data_config):
+    tree = tmp_path / "repo"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "lib" / "nx.ex").write_text((REAL / "nx_flatten.ex").read_text())
+    name, solution = correct_solutions()[1]
+    (tree / "lib" / "exercise.ex").write_text(solution)
+    data_config.sources.local.paths = (str(tree),)
+    data_config.decontam.benchmarks = (str(HUMANEVAL_EX),)
+    data_config.instruct.fim_rate = 0.0
+    manifest = run(data_config)
+    dropped = manifest["decontamination"]["records"]
+    assert [(d["file"], d["task"], d["problem"]) for d in dropped] == [("repo:lib/exercise.ex", "file", name)]
+    assert dropped[0]["rule"] == "docstring" and dropped[0]["span"] in normalize(solution)
+    kept = [json.loads(line) for line in (tmp_path / "out" / "jsonl" / "train.jsonl").read_text().splitlines()]
+    assert {r["source"]["path"] for r in kept} == {"lib/nx.ex"}
