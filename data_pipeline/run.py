@@ -28,7 +28,10 @@ from data_pipeline.checkpoint import UnitStore
 from data_pipeline.config import validate
 from data_pipeline.decontam import Decontaminator, load_benchmarks
 from data_pipeline.dedup import NearDuplicates, exact_key
-from data_pipeline.filters import FilterConfig, decode, rejection
+from data_pipeline.doctest_check import CheckConfig, Verdicts
+from data_pipeline.doctest_check import check as check_doctests
+from data_pipeline.doctest_check import facts as doctest_facts
+from data_pipeline.filters import FilterConfig, decode, elide_long_literals, rejection
 from data_pipeline.instruct import InstructConfig, file_records
 from data_pipeline.licences import decide
 from data_pipeline.shards import SplitWriter, validation_packages
@@ -54,7 +57,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     output = Path(config.output_dir)
     store = UnitStore(output / "work" / "units")
     failures = asyncio.run(collect(config, output, store))
-    return assemble(config, output, store, failures)
+    doctests = check_doctests(CheckConfig(**config.doctests), config.workers, output, store)
+    return assemble(config, output, store, failures, doctests)
 
 
 # --- collect -------------------------------------------------------------------------------------------------
@@ -157,6 +161,8 @@ async def process_unit(unit: Unit, context: _Context) -> dict[str, Any]:
     texts: dict[str, str] = {}
     for file in fetched.files:
         text = decode(file.content)
+        if text is not None:
+            text = elide_long_literals(text, context.filters.max_line_length)
         reason = "invalid UTF-8: not a UTF-8 text file" if text is None else rejection(
             file.path, text, context.filters)
         if reason:
@@ -179,9 +185,10 @@ def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
         return {"path": source.path, "status": "skipped", "reason": f"parse error: {error}"}
     except (WorkerError, WorkerCrashed, WorkerTimeout) as error:  # one odd file must not end a long run
         return {"path": source.path, "status": "skipped", "reason": f"parser failed: {str(error).splitlines()[0]}"}
-    records = file_records(source, text, parsed, context.instruct)
+    made = file_records(source, text, parsed, context.instruct)
     return {"path": source.path, "status": "kept", "reason": "",
-            "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in records]}
+            "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in made.records],
+            **doctest_facts(made)}
 
 
 @functools.cache
@@ -196,7 +203,7 @@ def _tokens(tokenizer: Any, record: Record) -> int:
 # --- assemble ------------------------------------------------------------------------------------------------
 
 def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore,
-             failures: list[dict[str, Any]]) -> dict[str, Any]:
+             failures: list[dict[str, Any]], doctests: Verdicts) -> dict[str, Any]:
     """Dedup, decontamination, split and shards from every checkpoint; writes manifest.json and report.md."""
     problems = load_benchmarks(config.decontam.benchmarks)
     decontaminator = Decontaminator(problems, config.decontam.ngram, config.decontam.min_chars)
@@ -221,7 +228,7 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore,
             if file["status"] != "kept":
                 continue
             where = f"{result['unit']['id']}:{file['path']}"
-            text = next(e["record"]["text"] for e in file["records"] if e["record"]["task"] == "file")
+            text = next(e["record"]["text"] for e in file["records"] if e["record"]["kind"] == "text")
             key = exact_key(text)
             if key in seen_files:
                 tally.duplicate_file(where, seen_files[key], "exact")
@@ -232,6 +239,8 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore,
             seen_files[key] = where
             for entry in file["records"]:
                 record = Record.from_dict(entry["record"])
+                if record.id in doctests.dropped:
+                    continue
                 key = record.kind + ":" + exact_key("\0".join(record.contents()))
                 if key in seen_records:
                     tally.duplicate_record()
@@ -246,6 +255,7 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore,
 
     produced = {split: writer.close() for split, writer in writers.items()}
     manifest = manifest_lib.build(config, units, failures, tally, problems, produced)
+    manifest["doctests"] = doctests.summary()
     manifest_lib.write(manifest, staging)
     _publish(staging, output)
     return manifest
