@@ -81,7 +81,9 @@ defmodule DoctestCheck do
           [{module, _} | _] = Code.compile_string(source, "doctest_#{id}.exs")
           {Map.put(modules, module, id), unloadable}
         rescue
-          error -> {modules, ["doctest-check #{id} failed does not compile: #{one_line(Exception.message(error))}" | unloadable]}
+          error ->
+            verdict = "doctest-check #{id} failed does not compile: #{one_line(Exception.message(error))}"
+            {modules, [verdict | unloadable]}
         end
       end)
 

@@ -8,8 +8,8 @@ A doc's `iex>` examples are only as trustworthy as the package's care for them: 
   run       where the package compiles on its own (its mix.exs names no runtime dependency, and its lib/**/*.ex
             compiles; the installed Elixir's modules need no compiling), its generated test modules run against
             that code in the sandboxed execution pool (devstral_jax/eval/pool.py), one program per batch
-            (doctest_check.exs). A test that needs what the package keeps outside its Elixir code (a module
-            built from a .xrl/.erl source, a fixture file) could not be run; any other failure is a failure.
+            (doctest_check.exs). A test that needs a module or a file that is not there (code built from
+            .xrl/.erl sources, a test fixture) could not be run; any other failure is a failure.
 
 A function's doctest records (its `doctest_tests` module and its `doctest_value` questions) are kept when it
 is declared and its tests did not fail, or, for a package that ships no tests at all (most Hex tarballs), when
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -37,21 +38,23 @@ from devstral_jax.elixir.parse import DoctestDeclaration
 from devstral_jax.elixir.quote import string_literal
 from devstral_jax.errors import SandboxUnavailable
 from devstral_jax.eval.pool import ExecutionPool
-from devstral_jax.eval.verdict import Program
+from devstral_jax.eval.verdict import Program, Verdict
 
 log = logging.getLogger(__name__)
 
 PROGRAM = Path(__file__).with_name("doctest_check.exs")
 _VERSION = 1  # bump when what a check computes changes: cached results are then redone
-_DEPENDENCY = re.compile(r"\{\s*:(\w+)\s*,\s*(\"[^\"]*\"|\w+\(\)|(?:git|github|path):)([^{}]*)\}")  # {:dep, "~> 1.0", opts}
+# `{:name, "~> 1.0", opts}` in a mix.exs (a requirement may also be a call, or a git/path source)
+_DEPENDENCY = re.compile(r"\{\s*:(\w+)\s*,\s*(\"[^\"]*\"|\w+\(\)|(?:git|github|path):)([^{}]*)\}")
 _NOT_AT_RUNTIME = re.compile(r"optional:\s*true|runtime:\s*false|only:\s*(:(dev|test|docs)\b|\[[^\]]*\])")
 _FENCED = re.compile(r"\A```elixir\n(.*)\n```\Z", re.S)
-_VERDICT = re.compile(r"^doctest-check (?:not-compiled (?P<why>.*)|(?P<id>\S+) (?P<verdict>passed|failed|missing) ?(?P<reason>.*))$",
-                      re.M)
+_VERDICT = re.compile(
+    r"^doctest-check (?:not-compiled .*|(?P<id>\S+) (?P<verdict>passed|failed|missing) ?(?P<reason>.*))$", re.M)
 
 NOT_DECLARED = "not run by the package's tests"
 NO_TESTS = "the package ships no tests and its doctests could not be run here"
 FAILED = "failed against the package's code"
+MISSING = "not run: needs a module or a file that is not there"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +110,8 @@ class Verdicts:
         """Counts of doctest_tests records: kept, run, passed, dropped by reason, not run by reason (kept
         unverified), and the doctest_value records dropped with them; in total and per package."""
         total = sum(self.packages.values(), collections.Counter())
-        return {**_figures(total), "packages": {name: _figures(counts) for name, counts in sorted(self.packages.items())}}
+        packages = {name: _figures(counts) for name, counts in sorted(self.packages.items())}
+        return {**_figures(total), "packages": packages}
 
 
 def _figures(counts: collections.Counter) -> dict[str, Any]:
@@ -119,30 +123,41 @@ def _figures(counts: collections.Counter) -> dict[str, Any]:
 
 
 def check(config: CheckConfig, workers: int, output: Path, store: UnitStore) -> Verdicts:
-    """Runs (or reads from the cache) every package's doctest check; returns the records to drop."""
+    """Runs (or reads from the cache) every package's doctest check; returns the records to drop. Packages are
+    read one at a time and run a few at a time, so only those waiting to run are held in memory."""
     verdicts = Verdicts()
-    packages = [package for package in _packages(store.results()) if package.subjects]
-    if not config.enabled:
-        for package in packages:
-            verdicts.packages[package.key[1]]["kept"] += len(package.tests)
-        return verdicts
     cache = output / "work" / "doctests"
     cache.mkdir(parents=True, exist_ok=True)
-    runs = {package.key: _cached(cache, package) for package in packages}
-    missing = [package for package in packages if runs[package.key] is None]
-    if missing:
-        for package, result in zip(missing, _run(config, workers, missing)):
-            runs[package.key] = result
-            if result.get("cacheable"):
-                atomic_write(cache / f"{_cache_key(package)}.json", json.dumps(result).encode())
-    for package in packages:
-        _decide(package, runs[package.key], verdicts)
+    pending: list[Package] = []
+    with _Runner(config, workers) as runner:
+        for package in _packages(store.results()):
+            if not package.subjects:
+                continue
+            if not config.enabled:
+                verdicts.packages[package.key[1]]["kept"] += len(package.tests)
+            elif (result := _cached(cache, package)) is not None:
+                _decide(package, result, verdicts)
+            else:
+                pending.append(package)
+            if len(pending) >= 4 * workers:
+                _run_pending(runner, pending, cache, verdicts)
+        _run_pending(runner, pending, cache, verdicts)
     return verdicts
+
+
+def _run_pending(runner: _Runner, pending: list[Package], cache: Path, verdicts: Verdicts) -> None:
+    for package, result in zip(pending, runner.run(pending)):
+        if result["cacheable"]:
+            atomic_write(cache / f"{_cache_key(package)}.json", json.dumps(result).encode())
+        _decide(package, result, verdicts)
+    pending.clear()
 
 
 def _packages(results: Iterable[dict[str, Any]]) -> Iterator[Package]:
     """A package per run of consecutive units with the same (kind, package, version): unit ids sort that way."""
-    describe = lambda result: (result["unit"]["kind"], result["unit"]["package"], result["unit"]["version"])  # noqa: E731
+    def describe(result: dict[str, Any]) -> tuple[str, str, str]:
+        return result["unit"]["kind"], result["unit"]["package"], result["unit"]["version"]
+
     for key, units in itertools.groupby(results, key=describe):
         package = Package(key)
         for result in units:
@@ -189,15 +204,9 @@ def _cached(cache: Path, package: Package) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-_ELIXIR_VERSION: list[str] = []
-
-
+@functools.cache
 def _elixir_version() -> str:
-    if not _ELIXIR_VERSION:
-        result = subprocess.run(["elixir", "-e", "IO.write(System.version())"], capture_output=True, text=True)
-        _ELIXIR_VERSION.append(result.stdout.strip())
-    return _ELIXIR_VERSION[0]
-
+    return subprocess.run(["elixir", "-e", "IO.write(System.version())"], capture_output=True, text=True).stdout
 
 def runtime_dependencies(mix_exs: str) -> list[str]:
     """The packages a mix.exs needs at run time: its `{:name, requirement, opts}` entries that are not optional,
@@ -206,43 +215,69 @@ def runtime_dependencies(mix_exs: str) -> list[str]:
                    or ":prod" in match[3]})
 
 
-def _run(config: CheckConfig, workers: int, packages: list[Package]) -> list[dict[str, Any]]:
-    """Each package's result: {"results": {record id: "passed" | "failed: why" | "not run: why"}, "cacheable"}."""
-    results: list[dict[str, Any]] = [{"results": {}, "cacheable": True} for _ in packages]
-    batches = []
-    for index, package in enumerate(packages):
-        tests = sorted(_wanted(package).items())
-        if dependencies := runtime_dependencies(package.mix_exs):
-            results[index]["results"] = dict.fromkeys(dict(tests), "not run: depends on Hex packages")
-            log.info("Not running %s's doctests: it depends on %s.", package.key[1], ", ".join(dependencies))
-        else:
-            batches += [(index, dict(chunk)) for chunk in _chunks(tests, config.tests_per_program)]
-    if not batches:
-        return results
-    try:
-        pool = ExecutionPool(workers, timeout=config.timeout_s, sandbox=config.sandbox)
-    except SandboxUnavailable as error:
-        log.warning("Doctests are not run (keeping those the packages declare): %s", error)
-        for index, tests in batches:
-            results[index] = {"results": dict.fromkeys(tests, "not run: no sandbox"), "cacheable": False}
-        return results
-    with pool:
-        programs = [_program(packages[index], tests) for index, tests in batches]
-        verdicts = pool.run(programs, progress="doctests: run" if len(programs) > 1 else None)
-    for (index, tests), verdict in zip(batches, verdicts):
-        found = {match["id"]: match for match in _VERDICT.finditer(verdict.stdout)}
-        for record_id in tests:
-            if None in found:
-                outcome = "not run: does not compile on its own"
-            elif record_id in found:
-                match = found[record_id]
-                outcome = {"passed": "passed", "failed": f"failed: {match['reason']}",
-                           "missing": "not run: needs what the package keeps outside its Elixir code"}[match["verdict"]]
-            else:  # the program stopped before it could report (timeout, VM exit)
-                outcome = f"not run: {verdict.error or verdict.status}"
+class _Runner:
+    """Runs packages' test modules in the execution pool, started on first use (most reruns need none)."""
+
+    def __init__(self, config: CheckConfig, workers: int):
+        self.config = config
+        self.workers = workers
+        self._pool: ExecutionPool | None = None
+        self._unavailable: str | None = None
+
+    def run(self, packages: list[Package]) -> list[dict[str, Any]]:
+        """Each package's result: {"results": {record id: "passed" | "failed: why" | "not run: why"},
+        "cacheable": whether it may be reused (not when the pool could not say)}."""
+        results: list[dict[str, Any]] = [{"results": {}, "cacheable": True} for _ in packages]
+        batches = []
+        for index, package in enumerate(packages):
+            tests = sorted(_wanted(package).items())
+            if dependencies := runtime_dependencies(package.mix_exs):
+                results[index]["results"] = dict.fromkeys(dict(tests), "not run: depends on Hex packages")
+                log.info("Not running %s's doctests: it depends on %s.", package.key[1], ", ".join(dependencies))
+            else:
+                batches += [(index, dict(chunk)) for chunk in _chunks(tests, self.config.tests_per_program)]
+        if batches and (pool := self._started()) is None:
+            for index, tests in batches:
+                results[index]["results"].update(dict.fromkeys(tests, "not run: no sandbox"))
                 results[index]["cacheable"] = False
-            results[index]["results"][record_id] = outcome
-    return results
+        elif batches:
+            programs = [_program(packages[index], tests) for index, tests in batches]
+            verdicts = pool.run(programs, progress="doctests: run" if len(programs) > 1 else None)
+            for (index, tests), verdict in zip(batches, verdicts):
+                outcomes = _outcomes(tests, verdict)
+                results[index]["results"].update(outcomes)
+                results[index]["cacheable"] &= not any(o.startswith("not run: program") for o in outcomes.values())
+        return results
+
+    def _started(self) -> ExecutionPool | None:
+        if self._pool is None and self._unavailable is None:
+            try:
+                self._pool = ExecutionPool(self.workers, timeout=self.config.timeout_s, sandbox=self.config.sandbox)
+            except SandboxUnavailable as error:
+                self._unavailable = str(error)
+                log.warning("Doctests are not run (keeping those the packages declare): %s", error)
+        return self._pool
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _outcomes(tests: dict[str, str], verdict: Verdict) -> dict[str, str]:
+    found = {match["id"]: match for match in _VERDICT.finditer(verdict.stdout)}
+    outcomes = {}
+    for record_id in tests:
+        if None in found:
+            outcomes[record_id] = "not run: does not compile on its own"
+        elif match := found.get(record_id):
+            outcomes[record_id] = {"passed": "passed", "failed": f"failed: {match['reason']}",
+                                   "missing": MISSING}[match["verdict"]]
+        else:  # the program stopped before it could report (a timeout, the VM exited)
+            outcomes[record_id] = f"not run: program {verdict.error or verdict.status}"
+    return outcomes
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -235,7 +235,9 @@ def _explanation(moduledoc: str | bool | None, max_chars: int) -> str | None:
             break
         paragraphs.append(_plain_links(paragraph.strip()))
     while paragraphs and paragraphs[-1].endswith(":"):  # it introduced the code that was left out
-        paragraphs.pop()
+        paragraphs[-1] = _without_introduction(paragraphs[-1])
+        if not paragraphs[-1]:
+            paragraphs.pop()
     kept: list[str] = []
     for paragraph in paragraphs:
         if len("\n\n".join(kept + [paragraph])) <= max_chars:
@@ -253,6 +255,15 @@ def _plain_links(text: str) -> str:
     def replace(match: re.Match) -> str:
         return match[0] if _ABSOLUTE.match(match[3]) else match[2]
     return _REFERENCE_LINK.sub(r"\1", _LINK.sub(replace, text))
+
+
+def _without_introduction(paragraph: str) -> str:
+    """A paragraph ending in a colon, without what only introduces an example ("For example:") or with a full
+    stop for the colon of a sentence that says something ("... are common enumerables:")."""
+    start = max(paragraph.rfind(". "), paragraph.rfind(".\n")) + 1
+    if len(paragraph[start:].split()) < 5:
+        return paragraph[:start].strip()
+    return paragraph[:-1] + "."
 
 
 def _sentences_within(paragraph: str, max_chars: int) -> str:

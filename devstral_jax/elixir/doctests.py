@@ -47,7 +47,8 @@ def exunit_module(module: Module, function: Function) -> str | None:
         return None
     name = f"{function.name}/{function.arity}"
     blocks = ["\n".join([f"  test {string_literal(name + (f' (example {i})' if len(tested) > 1 else ''))} do",
-                         *(line for line, _ in _indented(body, "    ")), "  end"]) for i, (_, body) in enumerate(tested, 1)]
+                         *(line for line, _ in _indented(body, "    ")), "  end"])
+              for i, (_, body) in enumerate(tested, 1)]
     header = "  use ExUnit.Case, async: true\n"
     if any(f.kind in _MACRO_KINDS and f.public for f in module.functions):
         header += f"  require {module.name}\n"

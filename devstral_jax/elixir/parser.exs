@@ -292,7 +292,9 @@ defmodule SourceReader do
     arity = length(args)
     key = if fun_name, do: {fun_name, arity}, else: {nil, meta[:line]}
     # A guard's body is its `when`; a delegation has none of its own.
-    has_body = (rest != [] and kind != "defdelegate") or (kind in ["defguard", "defguardp"] and match?({:when, _, _}, head))
+    has_body =
+      (rest != [] and kind != "defdelegate") or
+        (kind in ["defguard", "defguardp"] and match?({:when, _, _}, head))
     clause = [meta[:line], end_line(node)]
     generated = state.context == :generated or fun_name == nil or unquotes?(head)
     shown =

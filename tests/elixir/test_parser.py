@@ -196,6 +196,7 @@ def test_doctest_declarations_of_a_test_module(parser):
     fields, text = test_module.doctested
     assert text.covers("Shapes.Text", "shout", 1) and not text.covers("Shapes.Text", "whisper", 1)
     assert fields.covers("Shapes.Fields", "new", 1) and not fields.covers("Shapes.Text", "new", 1)
-    source = "defmodule ReqTest do\n  use ExUnit.Case\n  alias Req.Steps, as: S\n  doctest S, only: [put_params: 1]\nend\n"
+    source = ("defmodule ReqTest do\n  use ExUnit.Case\n  alias Req.Steps, as: S\n"
+              "  doctest S, only: [put_params: 1]\nend\n")
     (module,) = parse_source(parser, "req_test.exs", source).modules
     assert [(d.module, d.only) for d in module.doctested] == [("Req.Steps", (("put_params", 1),))]
