@@ -233,7 +233,7 @@ def _explanation(moduledoc: str | bool | None, max_chars: int) -> str | None:
             continue  # a title
         if _HEADING.match(first) or _FENCE.match(first) or _CODE.match(first):
             break
-        paragraphs.append(_plain_links(paragraph.strip()))
+        paragraphs.append(_plain_links(paragraph.strip("\n").rstrip()))
     while paragraphs and paragraphs[-1].endswith(":"):  # it introduced the code that was left out
         paragraphs[-1] = _without_introduction(paragraphs[-1])
         if not paragraphs[-1]:
