@@ -30,7 +30,17 @@
 # One-shot use (for benchmarks): elixir parser.exs FILE... prints one summary line per file.
 
 defmodule SourceReader do
-  @def_kinds [:def, :defp, :defmacro, :defmacrop, :defguard, :defguardp, :defdelegate, :defn, :defnp]
+  @def_kinds [
+    :def,
+    :defp,
+    :defmacro,
+    :defmacrop,
+    :defguard,
+    :defguardp,
+    :defdelegate,
+    :defn,
+    :defnp
+  ]
 
   def handle(%{"op" => "parse", "source" => source} = request),
     do: parse(source, Map.get(request, "path", "nofile"))
@@ -170,7 +180,8 @@ defmodule SourceReader do
     state = Enum.reduce(exprs, initial, &body_expression(&1, &2, name))
 
     functions =
-      for key <- Enum.reverse(state.order), match?({name, _} when is_binary(name), key),
+      for key <- Enum.reverse(state.order),
+          match?({fun_name, _} when is_binary(fun_name), key),
           do: finish_function(state.functions[key], key, state)
 
     info = %{
@@ -258,6 +269,11 @@ defmodule SourceReader do
     put_in(state.info["doctested"], [declaration | state.info["doctested"]])
   end
 
+  # A module defined in a loop has a name only known when the code runs.
+  defp body_expression({kind, _, args}, %{context: :generated} = state, _name)
+       when kind in [:defmodule, :defprotocol, :defimpl] and is_list(args),
+       do: state
+
   defp body_expression({kind, _, args} = node, state, name)
        when kind in [:defmodule, :defprotocol, :defimpl] and is_list(args),
        do: %{state | nested: state.nested ++ modules(node, name)}
@@ -279,7 +295,14 @@ defmodule SourceReader do
   defp body_expression(node, state, name) do
     if defines_functions?(node) do
       outer = state.context
-      state = Enum.reduce(children(node), %{state | context: :generated}, &body_expression(&1, &2, name))
+
+      state =
+        Enum.reduce(
+          children(node),
+          %{state | context: :generated},
+          &body_expression(&1, &2, name)
+        )
+
       %{state | context: outer}
     else
       state
@@ -295,8 +318,10 @@ defmodule SourceReader do
     has_body =
       (rest != [] and kind != "defdelegate") or
         (kind in ["defguard", "defguardp"] and match?({:when, _, _}, head))
+
     clause = [meta[:line], end_line(node)]
     generated = state.context == :generated or fun_name == nil or unquotes?(head)
+
     shown =
       case state.context do
         {:conditional, span} -> span
@@ -313,7 +338,10 @@ defmodule SourceReader do
               "clauses" => function["clauses"] + if(has_body, do: 1, else: 0),
               "do_line" => function["do_line"] || if(has_body, do: meta[:do][:line]),
               "generated" => function["generated"] or generated,
-              "span" => [min(hd(function["span"]), hd(shown)), max(List.last(function["span"]), List.last(shown))]
+              "span" => [
+                min(hd(function["span"]), hd(shown)),
+                max(List.last(function["span"]), List.last(shown))
+              ]
           }
 
         _ ->
@@ -391,7 +419,11 @@ defmodule SourceReader do
   # `alias A.B`, `alias A.B, as: C` and `alias A.{B, C}` as %{"B" => "A.B", ...}.
   defp aliases({{:., _, [base, :{}]}, _, parts}, _opts, name, known) do
     base = resolve_alias(base, name, known)
-    Map.new(parts, fn part -> full = "#{base}.#{alias_name(part, name)}"; {last_part(full), full} end)
+
+    Map.new(parts, fn part ->
+      full = "#{base}.#{alias_name(part, name)}"
+      {last_part(full), full}
+    end)
   end
 
   defp aliases(target, opts, name, known) do
@@ -417,8 +449,11 @@ defmodule SourceReader do
 
     pairs = fn key ->
       case is_list(opts) and Keyword.get(opts, key) do
-        list when is_list(list) -> for {f, a} <- list, is_atom(f), is_integer(a), do: [Atom.to_string(f), a]
-        _ -> nil
+        list when is_list(list) ->
+          for {f, a} <- list, is_atom(f), is_integer(a), do: [Atom.to_string(f), a]
+
+        _ ->
+          nil
       end
     end
 
