@@ -124,6 +124,9 @@ def report(manifest: dict[str, Any]) -> str:
         f"- Decontamination against {sum(decontam['benchmarks'].values())} problems "
         f"({_counts(decontam['benchmarks'])}): {decontam['dropped']} records dropped ({_counts(decontam['by_rule'])}).",
     ]
+    if doctests := manifest.get("doctests"):
+        lines.append(f"- Doctest tests: kept {doctests['kept']}, run {doctests['run']}, passed {doctests['passed']}; "
+                     f"dropped: {_counts(doctests['dropped_by_reason'])}.")
     if manifest["failed_units"]:
         lines.append(f"- **{len(manifest['failed_units'])} units failed** and are missing; run again to retry them.")
     return "\n".join(lines) + "\n"

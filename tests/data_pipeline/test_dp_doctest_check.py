@@ -73,12 +73,13 @@ def test_a_package_without_tests_keeps_the_doctests_that_pass_here(checked):
 
 
 def test_a_package_with_runtime_dependencies_is_not_run(checked):
-    _, manifest = checked
+    config, manifest = checked
     assert manifest["doctests"]["packages"]["with_deps"] == {
         "kept": 4, "run": 0, "passed": 0, "dropped_by_reason": {NOT_DECLARED: 2},
         "not_run_by_reason": {"depends on Hex packages": 4}, "values_dropped": 2}
     totals = manifest["doctests"]
     assert (totals["kept"], totals["run"], totals["passed"]) == (10, 8, 5)
+    assert "- Doctest tests: kept 10, run 8, passed 5; dropped: " in (Path(config.output_dir) / "report.md").read_text()
 
 
 def test_results_are_cached_per_package(checked):
