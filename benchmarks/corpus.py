@@ -68,12 +68,11 @@ def expected_licences(src: Path) -> dict[str, str]:
     return {row[folder]: row[licence] for row in rows if row is not header and not set(row[0]) <= {"-", ":"}}
 
 
-def doctest_figures(unit_rows: list[dict]) -> str:
-    """kept/run/passed from the manifest's units, where the pipeline reports doctest execution; else "-"."""
-    figures = [unit.get("doctests") for unit in unit_rows if isinstance(unit.get("doctests"), dict)]
+def doctest_figures(figures: dict | None) -> str:
+    """kept/run/passed of a package's doctest-derived tests (manifest `doctests.packages`); "-" when it has none."""
     if not figures:
         return "-"
-    return "/".join(str(sum(f.get(key, 0) for f in figures)) for key in ("kept", "run", "passed"))
+    return "/".join(str(figures[key]) for key in ("kept", "run", "passed"))
 
 
 def per_repository(manifest: dict, output: Path) -> dict[str, dict]:
@@ -105,7 +104,7 @@ def per_repository(manifest: dict, output: Path) -> dict[str, dict]:
             "parsed": sum(u["files_kept"] for u in unit_rows), "skipped": dict(skipped[package]),
             "records": sum(kinds[package].values()), "records_by_kind": dict(sorted(kinds[package].items())),
             "records_by_task": dict(sorted(tasks[package].items())), "secrets": dict(sorted(secrets[package].items())),
-            "doctests_kept_run_passed": doctest_figures(unit_rows)}
+            "doctests_kept_run_passed": doctest_figures(manifest["doctests"]["packages"].get(package))}
     return rows
 
 
@@ -165,7 +164,8 @@ def main(argv):
                    "needs_newer_elixir": manifest["files"]["needs_newer_elixir"],
                    "records": {split: manifest["splits"][split]["records_by_kind"]
                                for split in ("train", "validation")},
-                   "secrets": manifest["secrets"]["found"]},
+                   "secrets": manifest["secrets"]["found"],
+                   "doctests": {key: manifest["doctests"][key] for key in ("kept", "run", "passed")}},
         "training_reads": reads,
         "decontamination": {"dropped_records": len(drops),
                             "dropped_not_planted": sorted(dropped_files - planted_files),
@@ -181,6 +181,8 @@ def main(argv):
                                     for r in reads.values()),
         "drops_are_benchmark_solutions": not result["decontamination"]["dropped_not_planted"],
         "planted_solutions_caught": planted_files <= dropped_files and not rows.get(PLANTED, {}).get("records"),
+        "doctests_run_pass_95": (manifest["doctests"]["passed"] >= 0.95 * manifest["doctests"]["run"]
+                                 if manifest["doctests"]["run"] else None),
         "licences_detected": (all(v["expected"] == v["found"] for v in result["licences_checked"].values())
                               if expected else None),
     }
@@ -209,7 +211,8 @@ def report(result: dict) -> None:
     totals = result["totals"]
     print(f"\ntotal: {totals['files']} files, {totals['parsed']} parsed, skipped {_counts(totals['skipped'])}; "
           f"needing a newer Elixir than {result['elixir']}: {_counts(totals['needs_newer_elixir'])}; "
-          f"records {totals['records']}; secrets {_counts(totals['secrets'])}")
+          f"records {totals['records']}; secrets {_counts(totals['secrets'])}; doctest tests kept/run/passed "
+          f"{doctest_figures(totals['doctests'])}")
     print(f"end to end: {result['files']} files in {result['seconds']:.1f} s = {result['files_per_second']:.1f} "
           f"files/s ({result['workers']} workers; {result['machine']})")
     for split, reads in result["training_reads"].items():

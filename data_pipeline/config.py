@@ -61,7 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.decontam = ml_collections.ConfigDict(dict(benchmarks=(str(HUMANEVAL_EX),), ngram=13, min_chars=40,
                                                 min_informative=3))
     c.instruct = ml_collections.ConfigDict(dict(
-        fim_rate=0.5, max_value_questions=3, min_doc_chars=20, min_moduledoc_chars=80, max_context_chars=16_000))
+        fim_rate=0.5, max_value_questions=3, min_doc_chars=20, min_moduledoc_chars=80, max_context_chars=16_000,
+        max_explanation_chars=1500))
+    # Doctest records: kept where the package runs them, verified by running them (data_pipeline/doctest_check.py).
+    c.doctests = ml_collections.ConfigDict(dict(enabled=True, sandbox="required", timeout_s=300.0,
+                                                tests_per_program=200))
     c.split = ml_collections.ConfigDict(dict(validation_fraction=0.05))
     c.shards = ml_collections.ConfigDict(dict(records_per_shard=10_000))
     return c
@@ -87,6 +91,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(s.local.batch_files >= 1, "sources.local.batch_files must be at least 1")
     check(0.0 <= config.split.validation_fraction < 1.0, "split.validation_fraction must be in [0, 1)")
     check(0.0 <= config.instruct.fim_rate <= 1.0, "instruct.fim_rate must be in [0, 1]")
+    check(config.doctests.sandbox in ("required", "best_effort", "off"),
+          "doctests.sandbox must be one of required, best_effort, off")
+    check(config.doctests.tests_per_program >= 1, "doctests.tests_per_program must be at least 1")
     check(0.0 < config.dedup.threshold <= 1.0, "dedup.threshold must be in (0, 1]")
     check(config.dedup.ngram >= 1 and config.decontam.ngram >= 1, "dedup.ngram and decontam.ngram must be >= 1")
     check(0 <= config.decontam.min_informative <= config.decontam.ngram,

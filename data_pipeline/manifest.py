@@ -145,6 +145,9 @@ def report(manifest: dict[str, Any]) -> str:
     if redone := manifest["pipeline"]["redone_units"]:
         lines.append(f"- {len(redone)} units were redone because what shapes them changed "
                      f"({'; '.join(sorted({c for unit in redone for c in unit['changes']}))[:500]}).")
+    if doctests := manifest.get("doctests"):
+        lines.append(f"- Doctest tests: kept {doctests['kept']}, run {doctests['run']}, passed {doctests['passed']}; "
+                     f"dropped: {_counts(doctests['dropped_by_reason'])}.")
     if manifest["failed_units"]:
         lines.append(f"- **{len(manifest['failed_units'])} units failed** and are missing; run again to retry them.")
     return "\n".join(lines) + "\n"

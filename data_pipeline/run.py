@@ -31,7 +31,10 @@ from data_pipeline.checkpoint import UnitStore, changes, code_version, key, unit
 from data_pipeline.config import validate
 from data_pipeline.decontam import Decontaminator, load_benchmarks
 from data_pipeline.dedup import NearDuplicates, exact_key
-from data_pipeline.filters import FilterConfig, decode, rejection
+from data_pipeline.doctest_check import CheckConfig, Verdicts
+from data_pipeline.doctest_check import check as check_doctests
+from data_pipeline.doctest_check import facts as doctest_facts
+from data_pipeline.filters import FilterConfig, decode, elide_long_literals, rejection
 from data_pipeline.instruct import InstructConfig, file_records
 from data_pipeline.licences import decide
 from data_pipeline.newer_syntax import installed_elixir, needs_newer
@@ -59,7 +62,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     store = UnitStore(output / "work" / "units")
     pipeline = {"version": code_version(), "elixir_version": installed_elixir()}
     listed, redone, failures = asyncio.run(collect(config, output, store, pipeline))
-    return assemble(config, output, store, listed, failures, {**pipeline, "redone_units": redone})
+    doctests = check_doctests(CheckConfig(**config.doctests), config.workers, output, store.results(listed))
+    return assemble(config, output, store, listed, failures, {**pipeline, "redone_units": redone}, doctests)
 
 
 # --- collect -------------------------------------------------------------------------------------------------
@@ -176,6 +180,8 @@ async def process_unit(unit: Unit, context: _Context) -> dict[str, Any]:
     texts: dict[str, str] = {}
     for file in fetched.files:
         text = decode(file.content)
+        if text is not None:
+            text = elide_long_literals(text, context.filters.max_line_length)
         reason = "invalid UTF-8: not a UTF-8 text file" if text is None else rejection(
             file.path, text, context.filters)
         if reason:
@@ -205,9 +211,10 @@ def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
     except (WorkerError, WorkerCrashed, WorkerTimeout) as error:  # one odd file must not end a long run
         return {"path": source.path, "status": "skipped", "reason": f"parser failed: {str(error).splitlines()[0]}",
                 **secrets}
-    records = file_records(source, text, parsed, context.instruct)
+    made = file_records(source, text, parsed, context.instruct)
     return {"path": source.path, "status": "kept", "reason": "", **secrets,
-            "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in records]}
+            "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in made.records],
+            **doctest_facts(made)}
 
 
 def _secrets(scan: secret_filter.Scan) -> dict[str, Any]:
@@ -229,9 +236,9 @@ def _tokens(tokenizer: Any, record: Record) -> int:
 # --- assemble ------------------------------------------------------------------------------------------------
 
 def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, listed: list[tuple[str, str]],
-             failures: list[dict[str, Any]], pipeline: dict[str, Any]) -> dict[str, Any]:
+             failures: list[dict[str, Any]], pipeline: dict[str, Any], doctests: Verdicts) -> dict[str, Any]:
     """Dedup, decontamination, split and shards from the checkpoints of the units listed now (in their current
-    keys); writes manifest.json and report.md."""
+    keys), leaving out the doctest records that failed their check; writes manifest.json and report.md."""
     problems = load_benchmarks(config.decontam.benchmarks)
     decontaminator = Decontaminator(problems, config.decontam.ngram, config.decontam.min_chars,
                                     config.decontam.min_informative)
@@ -259,7 +266,7 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
             if file["status"] != "kept":
                 continue
             where = f"{result['unit']['id']}:{file['path']}"
-            text = next(e["record"]["text"] for e in file["records"] if e["record"]["task"] == "file")
+            text = next(e["record"]["text"] for e in file["records"] if e["record"]["kind"] == "text")
             key = exact_key(text)
             if key in seen_files:
                 tally.duplicate_file(where, seen_files[key], "exact")
@@ -270,6 +277,8 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
             seen_files[key] = where
             for entry in file["records"]:
                 record = Record.from_dict(entry["record"])
+                if record.id in doctests.dropped:
+                    continue
                 key = record.kind + ":" + exact_key("\0".join(record.contents()))
                 if key in seen_records:
                     tally.duplicate_record()
@@ -284,6 +293,7 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
 
     produced = {split: [str(path.relative_to(staging)) for path in writer.close()] for split, writer in writers.items()}
     manifest = manifest_lib.build(config, pipeline, units, failures, tally, problems, produced)
+    manifest["doctests"] = doctests.summary()
     manifest_lib.write(manifest, staging)
     _publish(staging, output)
     return manifest

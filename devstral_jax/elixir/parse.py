@@ -13,7 +13,7 @@ from typing import Any
 from devstral_jax.elixir.worker import ElixirPool
 
 PARSER_SCRIPT = Path(__file__).with_name("parser.exs")
-_PUBLIC_KINDS = ("def", "defmacro", "defguard", "defdelegate")
+_PUBLIC_KINDS = ("def", "defmacro", "defguard", "defdelegate", "defn")
 
 
 class SourceSyntaxError(Exception):
@@ -27,26 +27,43 @@ class DoctestStep:
     valid: bool  # both sides read as Elixir (an exception or #Opaque<...> value is expected as text)
     bare_assert: bool  # `assert EXPR == EXPECTED`, written as is, compares the two (Elixir's parser says so)
     calls: tuple[tuple[str, int], ...]  # calls without a module that Kernel does not provide
+    expr_fixed: tuple[int, ...]  # lines (0-based) of expr inside a multi-line string: never re-indented
+    expected_fixed: tuple[int, ...]  # the same for expected
 
 
 Doctest = tuple[DoctestStep, ...]  # steps that run together (an `iex>` block without blank lines)
 
 
 @dataclasses.dataclass(frozen=True)
+class DoctestDeclaration:
+    """`doctest Mod, only: [...], except: [...]` in a test module: which of Mod's doctests a package runs."""
+
+    module: str
+    only: tuple[tuple[str, int], ...] | None
+    excluded: tuple[tuple[str, int], ...]
+
+    def covers(self, module: str, name: str, arity: int) -> bool:
+        return (module == self.module and (name, arity) not in self.excluded
+                and (self.only is None or (name, arity) in self.only))
+
+
+@dataclasses.dataclass(frozen=True)
 class Function:
     name: str
     arity: int
-    kind: str  # def | defp | defmacro | defmacrop | defguard | defguardp | defdelegate
-    line: int
-    end_line: int
+    kind: str  # def | defp | defmacro | defmacrop | defguard | defguardp | defdelegate | defn | defnp
+    line: int  # of its first clause
+    end_line: int  # of its last clause
     signature: str
     doc: str | bool | None  # False for `@doc false`
     doc_line: int | None  # where its @doc starts
     spec_spans: tuple[tuple[int, int], ...]
     impl: str | bool | None
     has_body: bool
-    clauses: int  # how many of its consecutive clauses have a body
+    clauses: int  # how many of its clauses have a body
     do_line: int | None  # the `do` of the first body written `do ... end` (None for `do:` and bodiless heads)
+    delegate: str | None  # "Mod.fun" a defdelegate hands over to
+    span: tuple[int, int] | None  # the lines that show every clause and nothing else; None: generated or mixed
     doctests: tuple[Doctest, ...]
 
     @property
@@ -67,6 +84,7 @@ class Module:
     uses: tuple[str, ...]
     functions: tuple[Function, ...]
     doctests: tuple[Doctest, ...]
+    doctested: tuple[DoctestDeclaration, ...]  # a test module's `doctest Mod` declarations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +115,13 @@ def read_erlang_terms(pool: ElixirPool, text: str) -> list[Any]:
 
 def _doctests(groups: list[list[dict[str, Any]]]) -> tuple[Doctest, ...]:
     return tuple(tuple(DoctestStep(step["expr"], step["expected"], step["valid"], step["bare_assert"],
-                                   tuple((name, arity) for name, arity in step["calls"])) for step in group)
+                                   tuple((name, arity) for name, arity in step["calls"]),
+                                   tuple(step["expr_fixed"]), tuple(step["expected_fixed"])) for step in group)
                  for group in groups)
+
+
+def _pairs(pairs: list[list[Any]] | None) -> tuple[tuple[str, int], ...] | None:
+    return None if pairs is None else tuple((name, arity) for name, arity in pairs)
 
 
 def _module(m: dict[str, Any]) -> Module:
@@ -106,10 +129,13 @@ def _module(m: dict[str, Any]) -> Module:
         Function(name=f["name"], arity=f["arity"], kind=f["kind"], line=f["line"], end_line=f["end_line"],
                  signature=f["signature"], doc=f["doc"], doc_line=f["doc_line"],
                  spec_spans=tuple(tuple(s) for s in f["specs"]), impl=f["impl"], has_body=f["has_body"],
-                 clauses=f["clauses"], do_line=f["do_line"], doctests=_doctests(f["doctests"]))
+                 clauses=f["clauses"], do_line=f["do_line"], delegate=f["delegate"],
+                 span=tuple(f["span"]) if f["span"] else None, doctests=_doctests(f["doctests"]))
         for f in m["functions"])
     return Module(name=m["name"], kind=m["kind"], parent=m["parent"], line=m["line"], end_line=m["end_line"],
                   moduledoc=m["moduledoc"],
                   moduledoc_span=tuple(m["moduledoc_span"]) if m["moduledoc_span"] else None,
                   behaviours=tuple(m["behaviours"]), uses=tuple(m["uses"]), functions=functions,
-                  doctests=_doctests(m["doctests"]))
+                  doctests=_doctests(m["doctests"]),
+                  doctested=tuple(DoctestDeclaration(d["module"], _pairs(d["only"]), _pairs(d["except"]))
+                                  for d in m["doctested"]))
