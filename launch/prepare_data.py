@@ -11,18 +11,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from a checkout
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from data_pipeline.run import run as build_corpus  # noqa: E402
 from devstral_jax.cli import run  # noqa: E402
+from devstral_jax.errors import FlagError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Data config file, e.g. configs/data_otp_docs.py.")
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise FlagError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
         manifest = build_corpus(_CONFIG.value)
     except KeyboardInterrupt:
