@@ -31,6 +31,7 @@ from absl import app, flags  # noqa: E402
 from data_pipeline.config import base_config  # noqa: E402
 from data_pipeline.run import run  # noqa: E402
 from devstral_jax.data.pipeline import read_records, shard_files  # noqa: E402
+from devstral_jax.errors import FlagError  # noqa: E402
 from devstral_jax.eval.benchmarks import HUMANEVAL_EX, load_problems, read_jsonl  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,7 +136,7 @@ def main(argv):
     src = Path(_SRC.value).expanduser().resolve()
     repos = sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []
     if not repos:
-        raise app.UsageError(f"--src={src}: no repositories (one folder each) there.")
+        raise FlagError(f"--src={src}: no repositories (one folder each) there.")
     with tempfile.TemporaryDirectory() as tmp:
         planted_root = Path(tmp) / PLANTED
         planted = plant_solutions(planted_root)

@@ -170,8 +170,9 @@ def get_config():
     from devstral_jax.train.trainer import restore_trained_model
     one, _, _ = restore_trained_model(str(tmp_path / "run" / "one"))
     two, _, _ = restore_trained_model(str(tmp_path / "run" / "two"))
-    from devstral_jax.lora import LoRAParam
     from flax import nnx
+
+    from devstral_jax.lora import LoRAParam
     first, second = jax.tree.leaves(nnx.state(one, LoRAParam)), jax.tree.leaves(nnx.state(two, LoRAParam))
     assert any(np.any(np.asarray(b) != 0) for b in first)  # stage one trained its adapters ...
     for a, b in zip(first, second):  # ... and stage two (learning rate 0) carried them over unchanged

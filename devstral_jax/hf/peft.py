@@ -16,10 +16,10 @@ import re
 import numpy as np
 
 from devstral_jax import lora
+from devstral_jax.atomic import atomic_directory
 from devstral_jax.config import ModelConfig
 from devstral_jax.errors import AdapterError
 from devstral_jax.hf import param_map
-from devstral_jax.atomic import atomic_directory
 from devstral_jax.hf.safetensors_io import SafetensorsWriter, read_header, read_tensor
 from devstral_jax.model import Transformer
 

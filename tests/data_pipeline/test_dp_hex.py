@@ -159,9 +159,10 @@ def test_local_hex_cache_directory(pool, tmp_path, data_config):
 
 
 def test_unusual_metadata_values_convert_to_python(pool):
-    from devstral_jax.elixir.parse import read_erlang_terms
-    from data_pipeline.sources.hex_tarball import metadata_from_terms
     from dp_fakes import hex_metadata
+
+    from data_pipeline.sources.hex_tarball import metadata_from_terms
+    from devstral_jax.elixir.parse import read_erlang_terms
 
     metadata = metadata_from_terms(read_erlang_terms(pool, hex_metadata("a", "1.0.0", ["MIT", "ISC"]).decode()))
     assert metadata["licenses"] == ["MIT", "ISC"]

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from devstral_jax.data.records import Source
-
 from data_pipeline.instruct import InstructConfig, file_records, is_test_path
+from devstral_jax.data.records import Source
 from devstral_jax.elixir.parse import parse_source
 
 TREE = Path(__file__).parent / "fixtures" / "elixir_tree" / "lib" / "my_app"
