@@ -48,6 +48,7 @@ def checked(packages, tmp_path_factory):
     config.decontam.benchmarks = ()
     config.split.validation_fraction = 0.0
     config.sources.local.paths = tuple(str(packages / name) for name in ("shapes", "untested", "with_deps"))
+    config.sources.local.licence = "LicenseRef-own-code"  # the fixture packages carry no licence file
     return config, run(config)
 
 

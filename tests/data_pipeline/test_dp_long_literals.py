@@ -51,8 +51,8 @@ def test_the_pipeline_keeps_the_file_and_every_record_shows_the_short_literal(da
     data_config.sources.local.paths = (str(tmp_path / "my_app"),)
     data_config.split.validation_fraction = 0.0
     manifest = run(data_config)
-    assert manifest["files"] == {"kept": 1, "skipped": 0, "skipped_by_reason": {}}
-    records = [json.loads(line) for line in (Path(data_config.output_dir) / "train.jsonl").read_text().splitlines()]
+    assert manifest["files"] == {"kept": 1, "skipped": 0, "skipped_by_reason": {}, "needs_newer_elixir": {}}
+    records = [json.loads(line) for line in (Path(data_config.output_dir) / "jsonl" / "train.jsonl").read_text().splitlines()]
     assert {"file", "doc_to_impl", "module_explain"} <= {r["task"] for r in records}
     assert not any(LOGO[:100] in json.dumps(r) for r in records)
     (file,) = [r for r in records if r["task"] == "file"]
