@@ -6,8 +6,9 @@ Every folder under --src is one local source, its licence detected from the tree
 added: HumanEval-Elixir solutions (each a problem's prompt + a correct hand-written completion, from
 tests/eval/data), as someone's "exercises" repo would hold them. One pipeline run builds the corpus, from
 scratch, in a temporary folder; the figures come from its manifest.json and output. Prints per repository:
-licence found, files, parsed, skipped by reason, records by kind and task, secrets redacted, doctests
-kept/run/passed (where the manifest has them), then the totals, files/s end to end, and the checks:
+licence found, files, parsed, skipped by reason, records by kind and task (guides and notebooks among them),
+secrets redacted, doctests kept/run/passed (where the manifest has them), then the totals (with the prose
+documents, their code blocks and what could not become a record, by reason), files/s end to end, and the checks:
   - training reads each record once: the records Grain reads from the output folder, given as
     `--config.data.train_paths='("<output_dir>",)'` (the README's form), against the manifest's count;
   - decontamination drops only benchmark solutions: every drop is a planted file, every planted file is out;
@@ -166,7 +167,8 @@ def main(argv):
                    "records": {split: manifest["splits"][split]["records_by_kind"]
                                for split in ("train", "validation")},
                    "secrets": manifest["secrets"]["found"],
-                   "doctests": {key: manifest["doctests"][key] for key in ("kept", "run", "passed")}},
+                   "doctests": {key: manifest["doctests"][key] for key in ("kept", "run", "passed")},
+                   "prose": manifest["prose"]},
         "training_reads": reads,
         "decontamination": {"dropped_records": len(drops),
                             "dropped_not_planted": sorted(dropped_files - planted_files),
@@ -214,6 +216,9 @@ def report(result: dict) -> None:
           f"needing a newer Elixir than {result['elixir']}: {_counts(totals['needs_newer_elixir'])}; "
           f"records {totals['records']}; secrets {_counts(totals['secrets'])}; doctest tests kept/run/passed "
           f"{doctest_figures(totals['doctests'])}")
+    prose = totals["prose"]
+    print(f"prose: documents {_counts(prose['documents'])}, {prose['sections']} sections, code blocks "
+          f"{_counts(prose['code_blocks'])}; not made into records: {_counts(prose['dropped_by_reason'])}")
     print(f"end to end: {result['files']} files in {result['seconds']:.1f} s = {result['files_per_second']:.1f} "
           f"files/s ({result['workers']} workers; {result['machine']})")
     for split, reads in result["training_reads"].items():

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from data_pipeline import manifest as manifest_lib
 from data_pipeline import secret_filter
+from data_pipeline.books import BookError, book_chapters
 from data_pipeline.checkpoint import UnitStore, changes, code_version, key, unit_settings
 from data_pipeline.config import validate
 from data_pipeline.decontam import Decontaminator, load_benchmarks
@@ -38,14 +39,17 @@ from data_pipeline.filters import FilterConfig, decode, elide_long_literals, rej
 from data_pipeline.instruct import InstructConfig, file_records
 from data_pipeline.licences import decide
 from data_pipeline.newer_syntax import installed_elixir, needs_newer
+from data_pipeline.prose import Made, ProseConfig, ProseTally, guide_records
 from data_pipeline.shards import MIRROR_DIR, SplitWriter, validation_packages
-from data_pipeline.sources import FetchFailed, Unit, UnitRejected, UnitSource
+from data_pipeline.sources import FetchFailed, Fetched, Unit, UnitRejected, UnitSource
+from data_pipeline.sources.books import BooksSource
 from data_pipeline.sources.github import GitHubConfig, GitHubSource
 from data_pipeline.sources.hex_cache import HexCacheSource
 from data_pipeline.sources.hexpm import HexConfig, HexSource
 from data_pipeline.sources.http import HttpClient, HttpConfig
 from data_pipeline.sources.local import LocalSource
 from data_pipeline.sources.otp_docs import OtpDocsSource, otp_docs_worker
+from data_pipeline.sources.prose import ElixirGuidesSource, prose_kind
 from data_pipeline.sources.safe_tar import TarLimits
 from devstral_jax.data.records import Record, Source
 from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, parser_pool
@@ -76,6 +80,18 @@ class _Context:
     filters: FilterConfig
     instruct: InstructConfig
     elixir_version: str
+    prose: ProseConfig
+
+    def is_prose(self, path: str) -> bool:
+        """A guide, cheatsheet or notebook: made into records by prose.py, not parsed as code."""
+        return self.prose.enabled and prose_kind(path, self.prose.folders, self.prose.excluded_names) is not None
+
+    def filters_for(self, path: str) -> FilterConfig:
+        """Prose's paragraphs are often one long line: its line-length limits are its own."""
+        if not self.is_prose(path):
+            return self.filters
+        return dataclasses.replace(self.filters, max_line_length=self.prose.max_line_length,
+                                   max_mean_line_length=self.prose.max_mean_line_length)
 
 
 async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitStore, pipeline: dict[str, str]
@@ -86,7 +102,8 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
     otp_worker = otp_docs_worker() if config.sources.otp_docs.enabled else None
     http = HttpClient(HttpConfig(**config.http), output / "cache" / "http")
     context = _Context(config, pool, _tekken(), FilterConfig(**config.filters),
-                       InstructConfig(seed=config.seed, **config.instruct), pipeline["elixir_version"])
+                       InstructConfig(seed=config.seed, **config.instruct), pipeline["elixir_version"],
+                       ProseConfig(**config.prose))
     listed: list[tuple[str, str]] = []
     redone: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
@@ -95,7 +112,7 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
 
     async def produce() -> None:
         try:
-            for source in _sources(config, output / "cache", http, pool, otp_worker):
+            for source in _sources(config, output / "cache", http, pool, otp_worker, context):
                 try:
                     async for unit in source.units():
                         settings = unit_settings(config, unit.kind, unit.licences, pipeline["version"],
@@ -138,17 +155,21 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
 
 
 def _sources(config: ml_collections.ConfigDict, cache: Path, http: HttpClient, pool: ElixirPool,
-             otp_worker: ElixirPool | None) -> list[UnitSource]:
+             otp_worker: ElixirPool | None, context: _Context) -> list[UnitSource]:
     s = config.sources
     extensions = tuple(config.extensions)
     limits = TarLimits(max_files=config.archive.max_files, max_file_bytes=config.archive.max_file_bytes,
                        max_total_bytes=s.hex.max_uncompressed_bytes)
-    wanted = lambda path: path.endswith(extensions)  # noqa: E731
+    wanted = lambda path: path.endswith(extensions) or context.is_prose(path)  # noqa: E731
     sources: list[UnitSource] = []
     if otp_worker:
         sources.append(OtpDocsSource(tuple(s.otp_docs.apps), otp_worker))
+    if s.elixir_guides.enabled:
+        sources.append(ElixirGuidesSource(s.elixir_guides.path, config.archive.max_file_bytes))
+    if s.books.paths:
+        sources.append(BooksSource(tuple(s.books.paths), s.books.licence, s.books.max_bytes))
     if s.local.paths:
-        sources.append(LocalSource(tuple(s.local.paths), s.local.licence, s.local.batch_files, extensions,
+        sources.append(LocalSource(tuple(s.local.paths), s.local.licence, s.local.batch_files, wanted,
                                    config.archive.max_file_bytes))
     if s.hex_cache.dirs:
         sources.append(HexCacheSource(tuple(s.hex_cache.dirs), pool, wanted, limits, s.hex.max_tarball_bytes))
@@ -176,14 +197,16 @@ async def process_unit(unit: Unit, context: _Context) -> dict[str, Any]:
     result["licence"] = dataclasses.asdict(decision)
     if not decision.allowed:
         return {**result, "status": "rejected", "reason": f"licence: {decision.reason}"}
+    if unit.kind == "book":
+        return {**result, "files": await asyncio.to_thread(_book_entries, unit, fetched, decision.licence, context)}
     files = [{"path": s.path, "status": "skipped", "reason": s.reason} for s in fetched.skipped]
     texts: dict[str, str] = {}
     for file in fetched.files:
         text = decode(file.content)
+        filters = context.filters_for(file.path)
         if text is not None:
-            text = elide_long_literals(text, context.filters.max_line_length)
-        reason = "invalid UTF-8: not a UTF-8 text file" if text is None else rejection(
-            file.path, text, context.filters)
+            text = elide_long_literals(text, filters.max_line_length)
+        reason = "invalid UTF-8: not a UTF-8 text file" if text is None else rejection(file.path, text, filters)
         if reason:
             files.append({"path": file.path, "status": "skipped", "reason": reason})
         else:
@@ -203,6 +226,12 @@ def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
     text, secrets = scan.text, _secrets(scan)
     if scan.drop:
         return {"path": source.path, "status": "skipped", "reason": scan.drop, **secrets}
+    if context.is_prose(source.path):
+        try:
+            return _made_entry(source.path, guide_records(source, text, context.pool, context.prose), context, secrets)
+        except (WorkerError, WorkerCrashed, WorkerTimeout) as error:
+            return {"path": source.path, "status": "skipped", "reason": f"parser failed: {str(error).splitlines()[0]}",
+                    **secrets}
     try:
         parsed = parse_source(context.pool, source.path, text)
     except SourceSyntaxError as error:
@@ -215,6 +244,25 @@ def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
     return {"path": source.path, "status": "kept", "reason": "", **secrets,
             "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in made.records],
             **doctest_facts(made)}
+
+
+def _book_entries(unit: Unit, fetched: Fetched, licence: str, context: _Context) -> list[dict[str, Any]]:
+    """A book's chapters as the unit's entries (books.py), or the one reason it cannot be read."""
+    (book,) = fetched.files
+    source = Source(unit.kind, unit.package, unit.version, book.path, licence, unit.url)
+    try:
+        chapters = book_chapters(source, book.content, context.pool, context.prose)
+    except BookError as error:
+        return [{"path": book.path, "status": "skipped", "reason": str(error)}]
+    except (WorkerError, WorkerCrashed, WorkerTimeout) as error:
+        return [{"path": book.path, "status": "skipped", "reason": f"parser failed: {str(error).splitlines()[0]}"}]
+    return [_made_entry(chapter.path, chapter.made, context, chapter.secrets) for chapter in chapters]
+
+
+def _made_entry(path: str, made: Made, context: _Context, secrets: dict[str, Any]) -> dict[str, Any]:
+    """A document's (or a book chapter's) entry: its records with their token counts, and its prose figures."""
+    return {"path": path, "status": "kept", "reason": "", **secrets, "prose": made.facts,
+            "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in made.records]}
 
 
 def _secrets(scan: secret_filter.Scan) -> dict[str, Any]:
@@ -258,6 +306,7 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
     writers = {split: SplitWriter(staging, split, config.shards.records_per_shard)
                for split in ("train", "validation")}
     tally = manifest_lib.Tally()
+    prose = ProseTally()
     seen_files: dict[str, str] = {}
     seen_records: set[str] = set()
     for result in tqdm(store.results(listed), desc="assemble", unit="unit", total=len(units),
@@ -265,6 +314,7 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
         for file in result["files"]:
             if file["status"] != "kept":
                 continue
+            prose.add(file)
             where = f"{result['unit']['id']}:{file['path']}"
             text = next(e["record"]["text"] for e in file["records"] if e["record"]["kind"] == "text")
             key = exact_key(text)
@@ -294,6 +344,7 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
     produced = {split: [str(path.relative_to(staging)) for path in writer.close()] for split, writer in writers.items()}
     manifest = manifest_lib.build(config, pipeline, units, failures, tally, problems, produced)
     manifest["doctests"] = doctests.summary()
+    manifest["prose"] = prose.summary()
     manifest_lib.write(manifest, staging)
     _publish(staging, output)
     return manifest

@@ -3,6 +3,8 @@
     hexpm.py       Hex.pm packages (API listing + repo tarballs)      hex_cache.py  tarballs already on disk
     github.py      GitHub repositories (GraphQL search + tarballs)   local.py      a directory or git repo
     otp_docs.py    the installed Elixir's own modules, from their docs chunks (offline)
+    prose.py       which of a package's files are guides, cheatsheets, notebooks; Elixir's own guides
+    books.py       PDF and EPUB books a user owns
 
 The shared pieces: http.py (the polite HTTP client), safe_tar.py (archive reading with caps) and
 hex_tarball.py (the Hex v3 tarball format).
@@ -42,7 +44,7 @@ class Unit:
     licence is not allowed is never downloaded; `licence_source` says where it was found."""
 
     id: str  # unique and stable across runs, e.g. "hex/jason/1.4.1"
-    kind: str  # hex | github | local | otp_docs
+    kind: str  # hex | github | local | otp_docs | elixir_guides | book
     package: str
     version: str
     url: str

@@ -92,6 +92,19 @@ class ParsedFile:
     modules: tuple[Module, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class Snippet:
+    """A code block of a guide, notebook or book as the real Elixir reads it (see `snippet/1` in parser.exs)."""
+
+    parses: bool
+    error: str | None  # the syntax error when it does not parse
+    session: bool  # an IEx session (`iex>` prompts), read as its expressions
+    defines: tuple[str, ...]  # modules it defines
+    modules: tuple[str, ...]  # modules it names (aliases resolved; Erlang modules as ":ets")
+    calls: tuple[str, ...]  # "Mod.fun/arity": remote calls and Kernel function calls
+    constructs: tuple[str, ...]  # special forms, Kernel macros (`with`, `|>`, `~r`) and attributes like "@spec"
+
+
 def parser_pool(size: int, timeout_s: float = 60.0) -> ElixirPool:
     # Every identifier becomes an atom in the worker; recycling it bounds the atom table.
     return ElixirPool(PARSER_SCRIPT, size, timeout=timeout_s, retries=1, max_requests=2000)
@@ -103,6 +116,13 @@ def parse_source(pool: ElixirPool, path: str, source: bytes | str) -> ParsedFile
     if not reply["ok"]:
         raise SourceSyntaxError(reply["error"])
     return ParsedFile(tuple(_module(m) for m in reply["modules"]))
+
+
+def read_snippet(pool: ElixirPool, code: str) -> Snippet:
+    """Reads one code block (not a whole file: a fragment, an expression or an IEx session is fine)."""
+    reply = pool.call({"op": "snippet", "code": code})
+    return Snippet(reply["ok"], reply["error"], reply["session"], tuple(reply["defines"]), tuple(reply["modules"]),
+                   tuple(reply["calls"]), tuple(reply["constructs"]))
 
 
 def read_erlang_terms(pool: ElixirPool, text: str) -> list[Any]:

@@ -5,6 +5,8 @@
 #     -> %{"ok" => true, "modules" => [module]} | %{"ok" => false, "error" => message}
 #   %{"op" => "consult", "text" => binary}       (Erlang terms, as in a Hex tarball's metadata.config)
 #     -> %{"ok" => true, "terms" => [term]}    | %{"ok" => false, "error" => message}
+#   %{"op" => "snippet", "code" => binary}       (a code block of a guide, notebook or book)
+#     -> %{"ok", "error", "session", "defines", "modules", "calls", "constructs"} (see snippet/1)
 #
 # A module: name, kind (defmodule | defprotocol | defimpl), parent (the enclosing module's name, nil at the
 # top level), line, end_line, moduledoc, moduledoc_span ([line, end_line] of the attribute, or nil),
@@ -46,6 +48,7 @@ defmodule SourceReader do
     do: parse(source, Map.get(request, "path", "nofile"))
 
   def handle(%{"op" => "consult", "text" => text}), do: consult(text)
+  def handle(%{"op" => "snippet", "code" => code}), do: snippet(code)
 
   def parse(source, path) do
     if String.valid?(source) do
@@ -683,6 +686,138 @@ defmodule SourceReader do
       steps -> %{state | groups: [Enum.reverse(steps) | state.groups], steps: []}
     end
   end
+
+  # --- snippets: code blocks of guides, notebooks and books ---------------------------------------------
+
+  # What a code block is made of, for labelling it and for finding where a text introduces a concept:
+  # "defines" the modules it defines; "modules" the modules it names (aliases resolved, Erlang modules as
+  # ":ets"); "calls" its remote calls and Kernel function calls as "Mod.fun/arity" (a pipe adds the piped
+  # argument, `&Mod.fun/2` counts); "constructs" the special forms and Kernel macros it uses (`with`, `case`,
+  # `receive`, `|>`, `defmodule`, sigils as "~r") and the module attributes Elixir gives a meaning ("@spec").
+  # An IEx session (lines prompted `iex>`) is read as its expressions: it parses when every one does.
+  @snippet_forms MapSet.new(
+                   for {name, _} <- Kernel.SpecialForms.__info__(:macros) ++ Kernel.__info__(:macros),
+                       name == :|> or Atom.to_string(name) =~ ~r/^[a-z]/,
+                       do: name
+                 )
+  @kernel_functions MapSet.new(
+                      for {name, arity} <- Kernel.__info__(:functions),
+                          Atom.to_string(name) =~ ~r/^[a-z]/,
+                          do: {name, arity}
+                    )
+  @meaningful_attributes ~w(behaviour callback macrocallback optional_callbacks impl spec type typep opaque
+                            typedoc doc moduledoc derive enforce_keys before_compile after_compile on_load
+                            compile deprecated dialyzer external_resource)a
+
+  def snippet(code) do
+    session = Enum.any?(String.split(code, "\n"), &Regex.match?(@prompt, &1))
+    exprs = if session, do: for(group <- doctests(code), step <- group, do: step["expr"]), else: [code]
+    parsed = Enum.map(exprs, &Code.string_to_quoted(&1, emit_warnings: false))
+    empty = %{"defines" => [], "modules" => [], "calls" => [], "constructs" => []}
+
+    case Enum.find(parsed, &match?({:error, _}, &1)) do
+      {:error, {meta, message, token}} ->
+        Map.merge(empty, %{"ok" => false, "session" => session, "error" => syntax_error(meta, message, token)})
+
+      nil ->
+        asts = for {:ok, ast} <- parsed, do: ast
+        Map.merge(snippet_facts(asts), %{"ok" => true, "session" => session, "error" => nil})
+    end
+  end
+
+  defp snippet_facts(asts) do
+    aliases = Enum.reduce(asts, %{}, &snippet_aliases/2)
+    found = %{"modules" => MapSet.new(), "calls" => MapSet.new(), "constructs" => MapSet.new()}
+
+    found =
+      Enum.reduce(asts, found, fn ast, found ->
+        ast |> Macro.prewalk(found, &snippet_reference(&1, &2, aliases)) |> elem(1)
+      end)
+
+    defines = for ast <- asts, module <- modules(ast, nil), do: module["name"]
+
+    found
+    |> Map.new(fn {key, set} -> {key, Enum.sort(set)} end)
+    |> Map.put("defines", Enum.uniq(defines))
+  end
+
+  defp snippet_aliases(ast, known) do
+    ast
+    |> Macro.prewalk(known, fn
+      {:alias, _, [target | opts]} = node, known when not is_list(target) ->
+        {node, Map.merge(known, aliases(target, opts, nil, known))}
+
+      node, known ->
+        {node, known}
+    end)
+    |> elem(1)
+  end
+
+  # `&Mod.fun/2` captures Mod.fun/2 (not a call of Mod.fun/0)
+  defp snippet_reference({:&, _, [{:/, _, [{{:., _, [mod, fun]}, _, []}, arity]}]}, found, aliases)
+       when is_atom(fun) and is_integer(arity),
+       do: {mod, remote_call(found, mod, fun, arity, aliases)}
+
+  # `x |> f(y)` calls f/2
+  defp snippet_reference({:|>, meta, [left, {call, call_meta, args}]}, found, _aliases) when is_list(args),
+    do: {{:|>, meta, [left, {call, call_meta, [left | args]}]}, put_found(found, "constructs", "|>")}
+
+  defp snippet_reference({{:., _, [mod, fun]}, _, args} = node, found, aliases)
+       when is_atom(fun) and is_list(args),
+       do: {node, remote_call(found, mod, fun, length(args), aliases)}
+
+  defp snippet_reference({:__aliases__, _, _} = node, found, aliases) do
+    case snippet_module(node, aliases) do
+      nil -> {node, found}
+      name -> {node, put_found(found, "modules", name)}
+    end
+  end
+
+  defp snippet_reference({:@, _, [{name, _, _}]} = node, found, _aliases)
+       when name in @meaningful_attributes,
+       do: {node, put_found(found, "constructs", "@#{name}")}
+
+  defp snippet_reference({name, _, args} = node, found, _aliases) when is_atom(name) and is_list(args) do
+    cond do
+      MapSet.member?(@snippet_forms, name) ->
+        {node, put_found(found, "constructs", snippet_form(name))}
+
+      MapSet.member?(@kernel_functions, {name, length(args)}) ->
+        {node, put_found(found, "calls", "Kernel.#{name}/#{length(args)}")}
+
+      true ->
+        {node, found}
+    end
+  end
+
+  defp snippet_reference(node, found, _aliases), do: {node, found}
+
+  defp remote_call(found, mod, fun, arity, aliases) do
+    case snippet_module(mod, aliases) do
+      nil -> found
+      name -> found |> put_found("calls", "#{name}.#{fun}/#{arity}") |> put_found("modules", name)
+    end
+  end
+
+  # The module a call goes to: an alias (resolved), an Erlang module; nil for a variable or __MODULE__.
+  defp snippet_module({:__aliases__, _, [first | _]} = ast, aliases) when is_atom(first) do
+    [head | rest] = String.split(alias_name(ast, nil), ".")
+    Enum.join([Map.get(aliases, head, head) | rest], ".")
+  end
+
+  defp snippet_module(atom, _aliases) when is_atom(atom) and atom not in [nil, true, false],
+    do: inspect(atom)
+
+  defp snippet_module(_ast, _aliases), do: nil
+
+  defp snippet_form(name) do
+    case Atom.to_string(name) do
+      "sigil_" <> letter -> "~" <> letter
+      other -> other
+    end
+  end
+
+  defp put_found(found, key, value), do: Map.update!(found, key, &MapSet.put(&1, value))
 
   # --- Erlang terms ------------------------------------------------------------------------------------
 
