@@ -24,6 +24,7 @@ RUNTIME = [
     "sacrebleu>=2.4",
     "gguf>=0.17",
     "detect-secrets>=1.5",
+    "xxhash>=3.0",  # checkpoint integrity manifests: a hash faster than the disk
 ]
 
 EXTRAS = {
