@@ -193,15 +193,16 @@ class Checkpointer:
         """Moves the steps newer than `step` (the one a run resumed from after passing them over) to
         `rejected/`, so the run saves those steps anew; nothing is deleted."""
         newer = [s for s in self.all_steps() if s > step]
-        if not newer or jax.process_index() != 0:
+        if not newer:
             return
         rejected = os.path.join(self.directory, REJECTED)
-        os.makedirs(rejected, exist_ok=True)
         for s in newer:
-            target = os.path.join(rejected, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(self._step_dir(s), target)
+            if jax.process_index() == 0:
+                target = os.path.join(rejected, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.makedirs(rejected, exist_ok=True)
+                shutil.move(self._step_dir(s), target)
+                logging.warning("Moved unusable checkpoint step %d to %s; it will be saved again.", s, target)
             self._verified.discard(s)
-            logging.warning("Moved unusable checkpoint step %d to %s; it will be saved again.", s, target)
         self._manager.reload()
 
     # --- restoring ---
