@@ -29,6 +29,7 @@ RUNTIME = [
     "markdown-it-py>=3.0",
     "pymupdf>=1.24,<2",
     "lxml>=5.0",
+    "xxhash>=3.0",  # checkpoint integrity manifests: a hash faster than the disk
 ]
 
 EXTRAS = {

@@ -80,6 +80,11 @@ class UnitStore:
     def done(self, unit_id: str, unit_key: str) -> bool:
         return self._path(unit_id, unit_key).exists()
 
+    def failed(self, unit_id: str, unit_key: str) -> bool:
+        """Whether the unit's result under this key records a failure (retried only when asked)."""
+        path = self._path(unit_id, unit_key)
+        return path.exists() and json.loads(path.read_text()).get("status") == "failed"
+
     def stale(self, unit_id: str, unit_key: str) -> dict[str, Any] | None:
         """The settings of a result saved for this unit under another key, if there is one."""
         for path in self.directory.glob(f"{self._stem(unit_id)}@*.json"):

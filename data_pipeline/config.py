@@ -30,11 +30,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.workers = 2  # Elixir parser processes
     c.units_in_flight = 4  # units fetched and processed at once
     c.progress = True
+    c.retry_failed = False  # redo the units a previous run recorded as failed (hostile or malformed input)
     c.extensions = (".ex", ".exs")
 
     c.http = ml_collections.ConfigDict(dict(
         user_agent="devstral_jax-data-pipeline/0.1 (Elixir corpus builder)", timeout_s=30.0, retries=6,
-        backoff_s=1.0, backoff_max_s=60.0, max_rate_limit_wait_s=3600.0, max_connections=8))
+        backoff_s=1.0, backoff_max_s=60.0, max_rate_limit_wait_s=3600.0, max_connections=8,
+        deadline_s=600.0, max_json_bytes=64 * MiB, max_redirects=5))  # one request's total time, answer size
 
     c.sources = ml_collections.ConfigDict()
     c.sources.hex = ml_collections.ConfigDict(dict(
@@ -116,6 +118,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "decontam.min_informative must be between 0 and decontam.ngram")
     check(config.shards.records_per_shard >= 1, "shards.records_per_shard must be at least 1")
     check(config.http.retries >= 0, "http.retries must be >= 0")
+    check(config.http.deadline_s > 0 and config.http.timeout_s > 0, "http.deadline_s and http.timeout_s must be > 0")
+    check(config.http.max_json_bytes >= 1 and config.http.max_redirects >= 0,
+          "http.max_json_bytes must be >= 1 and http.max_redirects >= 0")
     check(all(e.startswith(".") for e in config.extensions), "extensions must look like (\".ex\", \".exs\")")
     for path in s.local.paths:
         check(Path(path).expanduser().is_dir(), f"sources.local.paths: {path} is not a directory")

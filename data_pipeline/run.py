@@ -5,7 +5,9 @@ collect   every source lists units (packages, repositories, file batches, OTP ap
           secrets, parse, records and token counts. Each finished unit is checkpointed atomically under a
           key of everything that shaped it, so a killed run resumes where it stopped, a rerun with other
           settings (or code, or Elixir) redoes the units they change and says so, and a unit that failed for
-          a transient reason is retried by the next run.
+          a transient reason (network, rate limit) is retried by the next run. Any other error in a unit (a
+          hostile or malformed answer, an archive or term that breaks a reader) fails that unit alone: it is
+          checkpointed as "failed" with the reason, and reruns skip it unless `retry_failed` is set.
 assemble  the checkpoints of the units listed now, in unit-id order: exact and near file dedup, exact record
           dedup, decontamination, split by package, shards + JSONL mirror, manifest.json and report.md. It is
           cheap and deterministic, so it is simply redone from the checkpoints on every run.
@@ -25,8 +27,8 @@ from typing import Any
 import ml_collections
 from tqdm import tqdm
 
+from data_pipeline import PipelineError, secret_filter
 from data_pipeline import manifest as manifest_lib
-from data_pipeline import secret_filter
 from data_pipeline.books import BookError, book_chapters
 from data_pipeline.checkpoint import UnitStore, changes, code_version, key, unit_settings
 from data_pipeline.config import validate
@@ -41,7 +43,7 @@ from data_pipeline.licences import decide
 from data_pipeline.newer_syntax import installed_elixir, needs_newer
 from data_pipeline.prose import Made, ProseConfig, ProseTally, guide_records
 from data_pipeline.shards import MIRROR_DIR, SplitWriter, validation_packages
-from data_pipeline.sources import FetchFailed, Fetched, Unit, UnitRejected, UnitSource
+from data_pipeline.sources import BadAnswer, FetchFailed, Fetched, Unit, UnitRejected, UnitSource
 from data_pipeline.sources.books import BooksSource
 from data_pipeline.sources.github import GitHubConfig, GitHubSource
 from data_pipeline.sources.hex_cache import HexCacheSource
@@ -119,7 +121,8 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
                                                  pipeline["elixir_version"])
                         unit_key = key(settings)
                         listed.append((unit.id, unit_key))
-                        if store.done(unit.id, unit_key):
+                        if store.done(unit.id, unit_key) and not (config.retry_failed and
+                                                                  store.failed(unit.id, unit_key)):
                             progress.update()
                             continue
                         if (old := store.stale(unit.id, unit_key)) is not None:
@@ -127,6 +130,12 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
                         await queue.put((unit, settings, unit_key))
                 except FetchFailed as error:
                     failures.append({"unit": {"id": f"listing of {type(source).__name__}"}, "reason": str(error)})
+                except Exception as error:  # noqa: BLE001 -- a hostile listing stops this source, not the run
+                    if isinstance(error, PipelineError) and not isinstance(error, (BadAnswer, UnitRejected)):
+                        raise  # a setting that cannot work
+                    failures.append({"unit": {"id": f"listing of {type(source).__name__}"}, "reason": _reason(error)})
+                    log.warning("Listing %s failed: %s", type(source).__name__, _reason(error),
+                                exc_info=not isinstance(error, PipelineError))
         finally:
             for _ in range(config.units_in_flight):
                 await queue.put(None)
@@ -139,6 +148,11 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
             except FetchFailed as error:
                 failures.append({"unit": unit.describe(), "reason": str(error)})
                 log.warning("%s failed (a re-run retries it): %s", unit.id, error)
+            except Exception as error:  # noqa: BLE001 -- hostile input (or a bug): this unit fails alone
+                store.save({"unit": unit.describe(), "status": "failed", "reason": _reason(error), "licence": None,
+                            "files": [], "settings": settings}, unit_key)
+                log.warning("%s failed (recorded; reruns skip it unless retry_failed=True): %s", unit.id,
+                            _reason(error), exc_info=not isinstance(error, PipelineError))
             progress.update()
 
     try:
@@ -152,6 +166,12 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
     for change_set, count in collections.Counter("; ".join(unit["changes"]) for unit in redone).items():
         log.warning("Redid %d saved units because what shapes them changed: %s", count, change_set)
     return listed, redone, failures
+
+
+def _reason(error: BaseException) -> str:
+    """One line for the manifest: what failed and why."""
+    message = " ".join(str(error).split())[:500]
+    return message if isinstance(error, PipelineError) else f"{type(error).__name__}: {message}"
 
 
 def _sources(config: ml_collections.ConfigDict, cache: Path, http: HttpClient, pool: ElixirPool,
@@ -342,6 +362,8 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
                 tally.kept(record, split, entry["tokens"])
 
     produced = {split: [str(path.relative_to(staging)) for path in writer.close()] for split, writer in writers.items()}
+    failures = failures + [{"unit": {k: unit[k] for k in ("id", "kind", "package", "version", "url")},
+                            "reason": unit["reason"]} for unit in units if unit["status"] == "failed"]
     manifest = manifest_lib.build(config, pipeline, units, failures, tally, problems, produced)
     manifest["doctests"] = doctests.summary()
     manifest["prose"] = prose.summary()

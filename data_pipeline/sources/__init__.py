@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Protocol
 
 from data_pipeline import PipelineError
 
@@ -77,3 +77,18 @@ class UnitRejected(PipelineError):
 
 class FetchFailed(PipelineError):
     """The unit could not be fetched this time (network, rate limit): reported, and retried by the next run."""
+
+
+class BadAnswer(PipelineError):
+    """A remote answer that is not what the API documents (not JSON, the wrong shape, too large once inflated,
+    too slow, a redirect loop): the unit fails alone, recorded with this reason; reruns skip it unless
+    `retry_failed` is set."""
+
+
+def expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """`value` if it is of `kind`, else a BadAnswer naming `what` was expected: every field of a remote answer
+    goes through this (or a check like it) before it is used."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise BadAnswer(f"{what} is {type(value).__name__} {str(value)[:60]!r}, expected {names}")
+    return value
