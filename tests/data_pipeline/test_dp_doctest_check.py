@@ -9,6 +9,7 @@ import pytest
 
 from data_pipeline.doctest_check import FAILED, MISSING, NO_TESTS, NOT_DECLARED, runtime_dependencies
 from data_pipeline.run import run
+from data_pipeline.shards import MIRROR_DIR
 
 SHAPES = Path(__file__).parent / "fixtures" / "shapes"
 
@@ -17,11 +18,12 @@ def doctest_records(out: Path) -> dict[str, set[str]]:
     """Per package, the functions whose doctest_tests records reached the shards (the copies of shapes are
     deduplicated away: only shapes' own records can get there)."""
     tested = {}
-    for line in (out / "train.jsonl").read_text().splitlines() + (out / "validation.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["task"] == "doctest_tests":
-            function = record["messages"][0]["content"].split("`")[1]
-            tested.setdefault(record["source"]["package"], set()).add(function)
+    for split in ("train", "validation"):
+        for line in (out / MIRROR_DIR / f"{split}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record["task"] == "doctest_tests":
+                function = record["messages"][0]["content"].split("`")[1]
+                tested.setdefault(record["source"]["package"], set()).add(function)
     return tested
 
 
@@ -48,6 +50,7 @@ def checked(packages, tmp_path_factory):
     config.decontam.benchmarks = ()
     config.split.validation_fraction = 0.0
     config.sources.local.paths = tuple(str(packages / name) for name in ("shapes", "untested", "with_deps"))
+    config.sources.local.licence = "LicenseRef-own-code"  # the hand-made packages have no licence file
     return config, run(config)
 
 
