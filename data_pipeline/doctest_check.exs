@@ -75,14 +75,17 @@ defmodule DoctestCheck do
   defp run_tests(tests) do
     ExUnit.start(autorun: false, formatters: [DoctestCheck.Listener], seed: 0, timeout: 10_000)
 
-    # Compiling the test modules is most of a batch's time: one process each, on every scheduler.
-    loaded =
-      tests
-      |> Task.async_stream(&load/1, max_concurrency: System.schedulers_online(), timeout: :infinity)
-      |> Enum.map(fn {:ok, outcome} -> outcome end)
-
-    modules = for {:loaded, module, id} <- loaded, into: %{}, do: {module, id}
-    unloadable = for {:unloadable, verdict} <- loaded, do: verdict
+    {modules, unloadable} =
+      Enum.reduce(tests, {%{}, []}, fn {id, source}, {modules, unloadable} ->
+        try do
+          [{module, _} | _] = Code.compile_string(source, "doctest_#{id}.exs")
+          {Map.put(modules, module, id), unloadable}
+        rescue
+          error ->
+            verdict = "doctest-check #{id} failed does not compile: #{one_line(Exception.message(error))}"
+            {modules, [verdict | unloadable]}
+        end
+      end)
 
     leader = Process.group_leader()
     {:ok, sink} = StringIO.open("")
@@ -100,14 +103,7 @@ defmodule DoctestCheck do
         end
       end
 
-    unloadable ++ verdicts
-  end
-
-  defp load({id, source}) do
-    [{module, _} | _] = Code.compile_string(source, "doctest_#{id}.exs")
-    {:loaded, module, id}
-  rescue
-    error -> {:unloadable, "doctest-check #{id} failed does not compile: #{one_line(Exception.message(error))}"}
+    Enum.reverse(unloadable) ++ verdicts
   end
 
   # The worst outcome of each test module's tests: a failure, else something missing, else nil (all passed).

@@ -17,10 +17,11 @@ its tests ran and passed. Results are cached per package under output_dir/work/d
 that shapes them, so a rerun runs only what changed.
 
 A package's check starts as soon as its units are collected (`Check.listed`/`collected`), while the rest of
-the corpus is still being parsed, in one sandboxed VM with a scheduler per core (a package compiles in
-parallel, and the check pays for one VM start). `Check.verdicts` then decides every package from the
-checkpoints: with the result of its early run where that ran on exactly the material the checkpoints hold
-(the same cache key), else from the cache, else by running it now.
+the corpus is still being parsed. The pool's VMs (one per worker) start when the first doctest test is
+collected, so they boot beside the parsing, and each has a scheduler per core: a package compiles in parallel
+when it is the only one left to check. `Check.verdicts` then decides every package from the checkpoints: with
+the result of its early run where that ran on exactly the material the checkpoints hold (the same cache key),
+else from the cache, else by running it now.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class Check:
         self._early: dict[str, concurrent.futures.Future] = {}  # cache key -> the package's early run
         self._gathering: dict[tuple[str, str, str], _Gathering] = {}
         self._last_listed: tuple[str, str, str] | None = None
+        self._vm_starting = False
 
     # The collect loop's calls (all on its event-loop thread). A source lists a package's units one after another,
     # so a package is complete once a unit of another package is listed, or the listing ends, and every unit of
@@ -168,6 +170,9 @@ class Check:
             if file["status"] == "kept":
                 _gather(gathering.package, file)
         gathering.waiting -= 1
+        if gathering.package.tests and not self._vm_starting:  # there will most likely be tests to run
+            self._vm_starting = True
+            self._background.submit(self._runner.started)  # the VM boots while the collection goes on
         self._start_if_complete(gathering)
 
     def listing_done(self) -> None:
@@ -326,7 +331,7 @@ class _Runner:
                 log.info("Not running %s's doctests: it depends on %s.", package.key[1], ", ".join(dependencies))
             else:
                 batches += [(index, dict(chunk)) for chunk in _chunks(tests, self.config.tests_per_program)]
-        if batches and (pool := self._started()) is None:
+        if batches and (pool := self.started()) is None:
             for index, tests in batches:
                 results[index]["results"].update(dict.fromkeys(tests, "not run: no sandbox"))
                 results[index]["cacheable"] = False
@@ -339,12 +344,13 @@ class _Runner:
                 results[index]["cacheable"] &= not any(o.startswith("not run: program") for o in outcomes.values())
         return results
 
-    def _started(self) -> ExecutionPool | None:
+    def started(self) -> ExecutionPool | None:
+        """The execution pool, started on the first call; None where its sandbox cannot be had."""
         with self._lock:
             if self._pool is None and self._unavailable is None:
-                try:  # one VM, every core (see the module docstring)
-                    self._pool = ExecutionPool(1, timeout=self.config.timeout_s, sandbox=self.config.sandbox,
-                                               limits=Limits(schedulers=self.workers))
+                try:  # a VM per core, each able to use them all (see the module docstring)
+                    self._pool = ExecutionPool(self.workers, timeout=self.config.timeout_s,
+                                               sandbox=self.config.sandbox, limits=Limits(schedulers=self.workers))
                 except SandboxUnavailable as error:
                     self._unavailable = str(error)
                     log.warning("Doctests are not run (keeping those the packages declare): %s", error)
