@@ -1,6 +1,6 @@
 """The data pipeline on real repositories: per-repository figures, three correctness checks, throughput.
 
-    python benchmarks/corpus.py --src=../shared/corpus [--workers=2] [--runs=3] [--nodoctests]
+    python benchmarks/corpus.py --src=../shared/corpus [--workers=2] [--nodoctests]
                                 [--output=benchmarks/results/corpus.json]
 
 Every folder under --src is one local source, its licence detected from the tree. A planted repository is
@@ -8,9 +8,9 @@ added: HumanEval-Elixir solutions (each a problem's prompt + a correct hand-writ
 tests/eval/data), as someone's "exercises" repo would hold them. One pipeline run builds the corpus, from
 scratch, in a temporary folder; the figures come from its manifest.json and output. Prints per repository:
 licence found, files, parsed, skipped by reason, records by kind and task, secrets redacted, doctests
-kept/run/passed (where the manifest has them), then the totals, files/s end to end (each of --runs runs from
-scratch, with the load average around it and the CPU seconds it took, its own and its subprocesses'; the
-figures are the last run's), and the checks:
+kept/run/passed (where the manifest has them), then the totals, files/s end to end (with the CPU seconds it
+took, its own and its subprocesses', and the load average before and after: on a shared machine, run it a few
+times), and the checks:
   - training reads each record once: the records Grain reads from the output folder, given as
     `--config.data.train_paths='("<output_dir>",)'` (the README's form), against the manifest's count;
   - decontamination drops only benchmark solutions: every drop is a planted file, every planted file is out;
@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +44,6 @@ PLANTED = "planted_humaneval"
 _SRC = flags.DEFINE_string("src", "../shared/corpus", "A folder of Elixir repositories, one per subfolder.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Elixir parser processes.")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/corpus.json", "Where the JSON results go.")
-_RUNS = flags.DEFINE_integer("runs", 1, "Pipeline runs, each from scratch: a shared machine's speed varies.")
 _DOCTESTS = flags.DEFINE_bool("doctests", True, "Run the doctest check (--nodoctests: what the rest costs).")
 
 
@@ -133,6 +131,15 @@ def _array_record_len(path: str) -> int:
     return len(grain.sources.ArrayRecordDataSource([path]))
 
 
+def _priority() -> str:
+    """How this process was prioritized, when it was: its nice value and (Linux) its autogroup's, which is what
+    sets its share of the cores against other sessions'."""
+    autogroup = Path("/proc/self/autogroup")
+    group = int(autogroup.read_text().split()[-1]) if autogroup.is_file() else 0
+    changed = [f"{name} {value}" for name, value in (("nice", os.nice(0)), ("autogroup nice", group)) if value]
+    return f", run at {' and '.join(changed)}" if changed else ""
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and of its subprocesses that have ended (the pipeline's Elixir VMs)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -149,38 +156,30 @@ def main(argv):
     repos = sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []
     if not repos:
         raise app.UsageError(f"--src={src}: no repositories (one folder each) there.")
-    timings = []
-    for _ in range(_RUNS.value):
-        with tempfile.TemporaryDirectory() as tmp:
-            planted_root = Path(tmp) / PLANTED
-            planted = plant_solutions(planted_root)
-            config = base_config()
-            config.update(output_dir=str(Path(tmp) / "out"), workers=_WORKERS.value, progress=False)
-            config.sources.local.paths = tuple(str(p) for p in repos) + (str(planted_root),)
-            config.doctests.enabled = _DOCTESTS.value
-            timing = {"load_average_before": os.getloadavg()[0]}
-            cpu, start = _cpu_seconds(), time.perf_counter()
-            manifest = run(config)
-            timing.update(seconds=time.perf_counter() - start, cpu_seconds=_cpu_seconds() - cpu,
-                          load_average_after=os.getloadavg()[0])
-            output = Path(config.output_dir)
-            rows = per_repository(manifest, output)
-            reads = training_reads(output, manifest)
-        files = manifest["files"]["kept"] + manifest["files"]["skipped"]
-        timings.append({**timing, "files_per_second": files / timing["seconds"]})
-        print(f"run {len(timings)}: {files / timing['seconds']:.1f} files/s ({timing['seconds']:.1f} s, "
-              f"{timing['cpu_seconds']:.1f} CPU s; load average {timing['load_average_before']:.1f} before, "
-              f"{timing['load_average_after']:.1f} after)")
+    with tempfile.TemporaryDirectory() as tmp:
+        planted_root = Path(tmp) / PLANTED
+        planted = plant_solutions(planted_root)
+        config = base_config()
+        config.update(output_dir=str(Path(tmp) / "out"), workers=_WORKERS.value, progress=False)
+        config.sources.local.paths = tuple(str(p) for p in repos) + (str(planted_root),)
+        config.doctests.enabled = _DOCTESTS.value
+        load_before, cpu, start = os.getloadavg()[0], _cpu_seconds(), time.perf_counter()
+        manifest = run(config)
+        seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu
+        output = Path(config.output_dir)
+        rows = per_repository(manifest, output)
+        reads = training_reads(output, manifest)
 
     drops = manifest["decontamination"]["records"]
     dropped_files = {d["file"] for d in drops}
     planted_files = {f"{PLANTED}:{path}" for path in planted}
     expected = expected_licences(src)
+    files = manifest["files"]["kept"] + manifest["files"]["skipped"]
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "src": str(src), "workers": _WORKERS.value,
-        "doctests": _DOCTESTS.value, "elixir": manifest["pipeline"]["elixir_version"], "files": files,
-        **timings[-1], "median_files_per_second": statistics.median(t["files_per_second"] for t in timings),
-        "runs": timings,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores{_priority()}", "src": str(src),
+        "workers": _WORKERS.value, "doctests": _DOCTESTS.value, "elixir": manifest["pipeline"]["elixir_version"],
+        "seconds": seconds, "files": files, "files_per_second": files / seconds, "cpu_seconds": cpu_seconds,
+        "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "repositories": rows,
         "totals": {"files": files, "parsed": manifest["files"]["kept"],
                    "skipped": manifest["files"]["skipped_by_reason"],
@@ -239,8 +238,7 @@ def report(result: dict) -> None:
     print(f"end to end: {result['files']} files in {result['seconds']:.1f} s = {result['files_per_second']:.1f} "
           f"files/s ({result['cpu_seconds']:.1f} CPU s; {result['workers']} workers; {result['machine']}; load "
           f"average {result['load_average_before']:.1f} before, {result['load_average_after']:.1f} after; doctest "
-          f"check {'on' if result['doctests'] else 'off'}); median of {len(result['runs'])} runs: "
-          f"{result['median_files_per_second']:.1f} files/s")
+          f"check {'on' if result['doctests'] else 'off'})")
     for split, reads in result["training_reads"].items():
         print(f"training reads ({split}): {reads['files']}: {reads['entries']} entries, {reads['records']} records, "
               f"{reads['distinct_ids']} distinct, manifest {reads['manifest_records']}; read twice: "

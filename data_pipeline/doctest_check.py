@@ -35,12 +35,12 @@ import itertools
 import json
 import logging
 import re
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from data_pipeline.instruct import FileRecords
+from data_pipeline.newer_syntax import installed_elixir
 from devstral_jax.atomic import atomic_write
 from devstral_jax.elixir.parse import DoctestDeclaration
 from devstral_jax.elixir.quote import string_literal
@@ -300,7 +300,8 @@ def _cached(cache: Path, package: Package) -> dict[str, Any] | None:
 
 @functools.cache
 def _elixir_version() -> str:
-    return subprocess.run(["elixir", "-e", "IO.write(System.version())"], capture_output=True, text=True).stdout
+    return installed_elixir()  # `elixir --short-version` reads it from a file: no VM to start
+
 
 def runtime_dependencies(mix_exs: str) -> list[str]:
     """The packages a mix.exs needs at run time: its `{:name, requirement, opts}` entries that are not optional,
