@@ -18,8 +18,9 @@ that shapes them, so a rerun runs only what changed.
 
 A package's check starts as soon as its units are collected (`Check.listed`/`collected`), while the rest of
 the corpus is still being parsed. The pool's VMs (one per worker) start when the first doctest test is
-collected, so they boot beside the parsing, and each has a scheduler per core: a package compiles in parallel
-when it is the only one left to check. `Check.verdicts` then decides every package from the checkpoints: with
+collected (in a first run; a rerun, whose checks are mostly cached, starts them when one is needed), so they
+boot beside the parsing, and each has a scheduler per core: a package compiles in parallel when it is the
+only one left to check. `Check.verdicts` then decides every package from the checkpoints: with
 the result of its early run where that ran on exactly the material the checkpoints hold (the same cache key),
 else from the cache, else by running it now.
 """
@@ -144,7 +145,8 @@ class Check:
         self._early: dict[str, concurrent.futures.Future] = {}  # cache key -> the package's early run
         self._gathering: dict[tuple[str, str, str], _Gathering] = {}
         self._last_listed: tuple[str, str, str] | None = None
-        self._vm_starting = False
+        # A first run (nothing cached) starts the VMs at its first doctest test; a rerun, when a check needs them.
+        self._boot_early = not any(self.cache.glob("*.json"))
 
     # The collect loop's calls (all on its event-loop thread). A source lists a package's units one after another,
     # so a package is complete once a unit of another package is listed, or the listing ends, and every unit of
@@ -170,9 +172,9 @@ class Check:
             if file["status"] == "kept":
                 _gather(gathering.package, file)
         gathering.waiting -= 1
-        if gathering.package.tests and not self._vm_starting:  # there will most likely be tests to run
-            self._vm_starting = True
-            self._background.submit(self._runner.started)  # the VM boots while the collection goes on
+        if gathering.package.tests and self._boot_early:
+            self._boot_early = False
+            self._background.submit(self._runner.started)  # they boot while the collection goes on
         self._start_if_complete(gathering)
 
     def listing_done(self) -> None:
