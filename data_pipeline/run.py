@@ -272,7 +272,9 @@ def screen(config: ml_collections.ConfigDict, store: UnitStore, listed: list[tup
     near = NearDuplicates(config.dedup.threshold, config.dedup.num_perm, config.dedup.ngram)
     screening = Screening(problems, {}, {})
     seen_files: dict[str, str] = {}
-    for where, file in _kept_files(store.results(listed)):
+    results = tqdm(store.results(listed), desc="screen", unit="unit", total=len(set(listed)),
+                   disable=not config.progress)
+    for where, file in _kept_files(results):
         text = next(e["record"]["text"] for e in file["records"] if e["record"]["kind"] == "text")
         key = exact_key(text)
         if key in seen_files:

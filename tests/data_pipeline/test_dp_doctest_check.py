@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.doctest_check import (FAILED, MISSING, NO_TESTS, NOT_DECLARED, Check, CheckConfig,
-                                         runtime_dependencies)
+from data_pipeline.doctest_check import (
+    FAILED,
+    MISSING,
+    NO_TESTS,
+    NOT_DECLARED,
+    Check,
+    CheckConfig,
+    runtime_dependencies,
+)
 from data_pipeline.run import run
 from data_pipeline.shards import MIRROR_DIR
 
