@@ -53,7 +53,7 @@ from devstral_jax.eval.verdict import Program, Verdict
 log = logging.getLogger(__name__)
 
 PROGRAM = Path(__file__).with_name("doctest_check.exs")
-_VERSION = 1  # bump when what a check computes changes: cached results are then redone
+_VERSION = 2  # bump when what a check computes changes: cached results are then redone (2: VMs on every core)
 # `{:name, "~> 1.0", opts}` in a mix.exs (a requirement may also be a call, or a git/path source)
 _DEPENDENCY = re.compile(r"\{\s*:(\w+)\s*,\s*(\"[^\"]*\"|\w+\(\)|(?:git|github|path):)([^{}]*)\}")
 _NOT_AT_RUNTIME = re.compile(r"optional:\s*true|runtime:\s*false|only:\s*(:(dev|test|docs)\b|\[[^\]]*\])")
