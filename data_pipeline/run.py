@@ -47,6 +47,9 @@ from data_pipeline.sources.http import HttpClient, HttpConfig
 from data_pipeline.sources.local import LocalSource
 from data_pipeline.sources.otp_docs import OtpDocsSource, otp_docs_worker
 from data_pipeline.sources.safe_tar import TarLimits
+from data_pipeline.verify import VerifyConfig, Verified
+from data_pipeline.verify import facts as verify_facts
+from data_pipeline.verify import verify as verify_kinds
 from devstral_jax.data.records import Record, Source
 from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, parser_pool
 from devstral_jax.elixir.worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
@@ -63,7 +66,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     pipeline = {"version": code_version(), "elixir_version": installed_elixir()}
     listed, redone, failures = asyncio.run(collect(config, output, store, pipeline))
     doctests = check_doctests(CheckConfig(**config.doctests), config.workers, output, store.results(listed))
-    return assemble(config, output, store, listed, failures, {**pipeline, "redone_units": redone}, doctests)
+    verified = verify_kinds(VerifyConfig(**config.verify), config.instruct.max_context_chars, config.seed,
+                            config.workers, output, store.results(listed), doctests.dropped, pipeline["elixir_version"])
+    return assemble(config, output, store, listed, failures, {**pipeline, "redone_units": redone}, doctests, verified)
 
 
 # --- collect -------------------------------------------------------------------------------------------------
@@ -214,7 +219,7 @@ def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
     made = file_records(source, text, parsed, context.instruct)
     return {"path": source.path, "status": "kept", "reason": "", **secrets,
             "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer, r)} for r in made.records],
-            **doctest_facts(made)}
+            **doctest_facts(made), **verify_facts(made)}
 
 
 def _secrets(scan: secret_filter.Scan) -> dict[str, Any]:
@@ -236,9 +241,11 @@ def _tokens(tokenizer: Any, record: Record) -> int:
 # --- assemble ------------------------------------------------------------------------------------------------
 
 def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, listed: list[tuple[str, str]],
-             failures: list[dict[str, Any]], pipeline: dict[str, Any], doctests: Verdicts) -> dict[str, Any]:
+             failures: list[dict[str, Any]], pipeline: dict[str, Any], doctests: Verdicts,
+             verified: Verified) -> dict[str, Any]:
     """Dedup, decontamination, split and shards from the checkpoints of the units listed now (in their current
-    keys), leaving out the doctest records that failed their check; writes manifest.json and report.md."""
+    keys), leaving out the records that failed their doctest or verify check and adding those made by running
+    their package (verify.py) after their file's own; writes manifest.json and report.md."""
     problems = load_benchmarks(config.decontam.benchmarks)
     decontaminator = Decontaminator(problems, config.decontam.ngram, config.decontam.min_chars,
                                     config.decontam.min_informative)
@@ -275,9 +282,12 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
                 tally.duplicate_file(where, original, "near")
                 continue
             seen_files[key] = where
-            for entry in file["records"]:
-                record = Record.from_dict(entry["record"])
-                if record.id in doctests.dropped:
+            unit = result["unit"]
+            made_here = verified.added.get((unit["kind"], unit["package"], unit["version"], file["path"]), [])
+            entries = [(Record.from_dict(entry["record"]), entry["tokens"]) for entry in file["records"]]
+            entries += [(record, _tokens(_tekken(), record)) for record in made_here]
+            for record, tokens in entries:
+                if record.id in doctests.dropped or record.id in verified.dropped:
                     continue
                 key = record.kind + ":" + exact_key("\0".join(record.contents()))
                 if key in seen_records:
@@ -289,11 +299,12 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
                     continue
                 split = "validation" if record.package in held_out else "train"
                 writers[split].write(dataclasses.replace(record, split=split))
-                tally.kept(record, split, entry["tokens"])
+                tally.kept(record, split, tokens)
 
     produced = {split: [str(path.relative_to(staging)) for path in writer.close()] for split, writer in writers.items()}
     manifest = manifest_lib.build(config, pipeline, units, failures, tally, problems, produced)
     manifest["doctests"] = doctests.summary()
+    manifest["verified"] = verified.summary()
     manifest_lib.write(manifest, staging)
     _publish(staging, output)
     return manifest
