@@ -7,7 +7,9 @@ added: HumanEval-Elixir solutions (each a problem's prompt + a correct hand-writ
 tests/eval/data), as someone's "exercises" repo would hold them. One pipeline run builds the corpus, from
 scratch, in a temporary folder; the figures come from its manifest.json and output. Prints per repository:
 licence found, files, parsed, skipped by reason, records by kind and task, secrets redacted, doctests
-kept/run/passed (where the manifest has them), then the totals, files/s end to end, and the checks:
+kept/run/passed (where the manifest has them), then the totals, the kinds verified by running them (per kind:
+generated, run, passed, kept, dropped by reason; the share of generated items that passed), files/s end to
+end, and the checks:
   - training reads each record once: the records Grain reads from the output folder, given as
     `--config.data.train_paths='("<output_dir>",)'` (the README's form), against the manifest's count;
   - decontamination drops only benchmark solutions: every drop is a planted file, every planted file is out;
@@ -104,7 +106,8 @@ def per_repository(manifest: dict, output: Path) -> dict[str, dict]:
             "parsed": sum(u["files_kept"] for u in unit_rows), "skipped": dict(skipped[package]),
             "records": sum(kinds[package].values()), "records_by_kind": dict(sorted(kinds[package].items())),
             "records_by_task": dict(sorted(tasks[package].items())), "secrets": dict(sorted(secrets[package].items())),
-            "doctests_kept_run_passed": doctest_figures(manifest["doctests"]["packages"].get(package))}
+            "doctests_kept_run_passed": doctest_figures(manifest["doctests"]["packages"].get(package)),
+            "verified": manifest.get("verified", {}).get("packages", {}).get(package)}
     return rows
 
 
@@ -165,7 +168,9 @@ def main(argv):
                    "records": {split: manifest["splits"][split]["records_by_kind"]
                                for split in ("train", "validation")},
                    "secrets": manifest["secrets"]["found"],
-                   "doctests": {key: manifest["doctests"][key] for key in ("kept", "run", "passed")}},
+                   "doctests": {key: manifest["doctests"][key] for key in ("kept", "run", "passed")},
+                   "verified": {key: value for key, value in manifest.get("verified", {}).items()
+                                if key != "packages"}},
         "training_reads": reads,
         "decontamination": {"dropped_records": len(drops),
                             "dropped_not_planted": sorted(dropped_files - planted_files),
@@ -195,6 +200,19 @@ def main(argv):
         sys.exit("corpus benchmark: a check failed (see above)")
 
 
+def verified_kinds(verified: dict) -> None:
+    """The kinds checked by running them (manifest `verified`): per kind what was generated, run, passed, kept
+    and dropped by reason, and the share of generated items that passed."""
+    if not verified.get("kinds"):
+        return
+    print(f"\nverified kinds: {verified['passed']} of {verified['generated']} generated items passed "
+          f"({verified['passed_share']:.1%})")
+    for kind, f in verified["kinds"].items():
+        print(f"  {kind}: generated {f['generated']}, run {f['run']}, passed {f['passed']}, kept {f['kept']}; "
+              f"dropped: {_counts(f['dropped_by_reason'])}; kept unverified: {_counts(f['unverified_by_reason'])}"
+              + (f"; files not mutated: {_counts(f['not_mutated_by_reason'])}" if f["not_mutated_by_reason"] else ""))
+
+
 def report(result: dict) -> None:
     header = ("repository", "licence (found in)", "files", "parsed", "skipped", "records", "secrets", "doctests k/r/p")
     lines = [header]
@@ -213,6 +231,7 @@ def report(result: dict) -> None:
           f"needing a newer Elixir than {result['elixir']}: {_counts(totals['needs_newer_elixir'])}; "
           f"records {totals['records']}; secrets {_counts(totals['secrets'])}; doctest tests kept/run/passed "
           f"{doctest_figures(totals['doctests'])}")
+    verified_kinds(totals["verified"])
     print(f"end to end: {result['files']} files in {result['seconds']:.1f} s = {result['files_per_second']:.1f} "
           f"files/s ({result['workers']} workers; {result['machine']})")
     for split, reads in result["training_reads"].items():

@@ -286,6 +286,7 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
             made_here = verified.added.get((unit["kind"], unit["package"], unit["version"], file["path"]), [])
             entries = [(Record.from_dict(entry["record"]), entry["tokens"]) for entry in file["records"]]
             entries += [(record, _tokens(_tekken(), record)) for record in made_here]
+            benchmark_file = False
             for record, tokens in entries:
                 if record.id in doctests.dropped or record.id in verified.dropped:
                     continue
@@ -296,6 +297,9 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
                 seen_records.add(key)
                 if hit := decontaminator.find(record.contents()):
                     tally.contaminated(record, hit)
+                    benchmark_file |= record.kind == "text"
+                    continue
+                if benchmark_file:  # made from a benchmark's file (a repair of its solution, say): it goes too
                     continue
                 split = "validation" if record.package in held_out else "train"
                 writers[split].write(dataclasses.replace(record, split=split))
