@@ -180,9 +180,9 @@ def _function_records(source: Source, lines: list[str], module: Module, function
     doc = function.doc.strip() if isinstance(function.doc, str) else ""
     implemented = function.has_body or function.kind == "defdelegate"
     if implemented and function.span and len(doc) >= config.min_doc_chars:
-        made, check = _doc_to_impl(source, lines, module, function, noun, qualified, specs, doc, config)
-        records.append(made)
-        checks[made.id] = check
+        if made := _doc_to_impl(source, lines, module, function, noun, qualified, specs, doc, config):
+            records.append(made[0])
+            checks[made[0].id] = made[1]
     if tests := exunit_module(module, function):
         head = "\n".join(specs + [f"{function.kind} {function.signature}"])
         request = f"Write ExUnit tests for the Elixir {noun} {qualified}"
@@ -195,11 +195,14 @@ def _function_records(source: Source, lines: list[str], module: Module, function
 
 
 def _doc_to_impl(source: Source, lines: list[str], module: Module, function: Function, noun: str, qualified: str,
-                 specs: list[str], doc: str, config: InstructConfig) -> tuple[Record, Check]:
+                 specs: list[str], doc: str, config: InstructConfig) -> tuple[Record, Check] | None:
     """The request shows the doc, the spec and the module-level lines the function relies on, and names the
-    module's other functions it calls; the answer is every clause and the private helpers it calls."""
+    module's other functions it calls; the answer is every clause and the private helpers it calls. None when
+    that cannot be made complete."""
     code = "\n".join(specs + [dedented(lines, *function.span)])
     needs = context_lib.context(module, function, code, lines, config.max_context_chars)
+    if not needs.complete:
+        return None
     request = f"Write the Elixir {noun} {qualified}"
     request += ", with the private functions it calls." if needs.helpers else "."
     if function.delegate:

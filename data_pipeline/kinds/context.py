@@ -10,8 +10,9 @@ From the parser's facts (each function's local calls, attributes read and aliase
               specs use, and the module's `import`s and `use`s when it calls something neither it nor the
               module defines (Kernel's calls aside).
 
-When the helpers would make the answer longer than the limit, they are listed in the request instead. The
-check (verify.py) compiles the definitions, stubs of the named functions and the answer as one module: a call
+When the helpers would make the answer longer than the limit, they are listed in the request instead. A
+function that calls what neither the module defines nor an `import`/`use` of it may bring (a function a
+macro generates) cannot be made complete: it gives no record. The check (verify.py) compiles the definitions, stubs of the named functions and the answer as one module: a call
 or attribute the request does not show fails it.
 """
 
@@ -39,6 +40,7 @@ class Context:
     stubs: tuple[tuple[str, str, int], ...]  # (kind, name, arity) the check defines for the named functions
     # (not those the answer defines: a function with defaults defines the lower arities too)
     definitions: tuple[Span, ...]  # module-level lines the request shows, in source order
+    complete: bool  # every local call it makes is shown, or may come from an `import`/`use` the request shows
 
     def definitions_code(self, lines: list[str]) -> str:
         return "\n".join(dedented(lines, start, end) for start, end in self.definitions)
@@ -55,6 +57,7 @@ def context(module: Module, function: Function, answer_without_helpers: str, lin
     attributes = {a for f in users for a in f.attributes}
     attributes |= set(_ATTRIBUTE_READ.findall(answer_without_helpers))  # e.g. the condition of a wrapping `if`
     unresolved = {call for f in users for call in f.calls if _resolve(module, *call) is None}
+    importing = any(d.kind in ("import", "use") for d in module.directives)
     spans = [d.span for d in module.directives if _needed(d.kind, d.modules, d.names, aliases, bool(unresolved))]
     spans += [span for name, span in module.attributes if name in attributes]
     specs = "\n".join(dedented(lines, *span) for f in users for span in f.spec_spans)
@@ -65,7 +68,8 @@ def context(module: Module, function: Function, answer_without_helpers: str, lin
     stubs = sorted({(callee.kind, name, arity) for f in users for name, arity in f.calls
                     if (callee := _resolve(module, name, arity)) in named
                     and not any(u.name == name and u.arity >= arity for u in users)})
-    return Context(tuple(helpers), tuple(named), tuple(stubs), tuple(sorted(set(spans))))
+    return Context(tuple(helpers), tuple(named), tuple(stubs), tuple(sorted(set(spans))),
+                   complete=not unresolved or importing)
 
 
 def answer(ctx: Context, code: str, lines: list[str]) -> str:

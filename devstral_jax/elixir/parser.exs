@@ -518,6 +518,9 @@ defmodule SourceReader do
   defp use_of({:@, _, [{name, _, context}]}, uses) when is_atom(name) and is_atom(context),
     do: {nil, %{uses | attributes: MapSet.put(uses.attributes, Atom.to_string(name))}}
 
+  # `@spec f(t) :: t` or `@doc "..."` written by a macro (inside a quote): an attribute, not a call
+  defp use_of({:@, _, [{name, _, args}]}, uses) when is_atom(name) and is_list(args), do: {nil, uses}
+
   defp use_of({:__aliases__, _, [first | _]} = node, uses) when is_atom(first),
     do: {node, %{uses | aliases: MapSet.put(uses.aliases, Atom.to_string(first))}}
 

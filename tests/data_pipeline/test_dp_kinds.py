@@ -95,16 +95,18 @@ def test_helpers_that_would_make_the_answer_too_long_are_named_in_the_request_in
 
 
 def test_the_compile_check_of_doc_to_impl_is_the_request_context_stubs_and_the_answer(pool):
-    """Ledger.Codes.code/1 calls functions defined by `unquote` names, which the request cannot show: its check
-    module leaves them undefined (verify.py then drops the record); a named function gets a stub."""
+    """Ledger.Codes.code/1 calls functions named by `unquote`, which the request cannot show; the module
+    imports Bitwise, which might have defined them, so only its check (which verify.py runs) can tell: its
+    module shows the import and leaves them undefined. A function named in the request gets a stub."""
     text, facts = parsed(pool, "lib/ledger/codes.ex")
     (codes,) = facts.modules
     code = next(f for f in codes.functions if f.name == "code")
     lines = text.split("\n")
     answer = textwrap.dedent("\n".join(lines[code.span[0] - 1:code.span[1]]))
     needs = context(codes, code, answer, lines, 8000)
-    assert (needs.helpers, needs.named, needs.stubs) == ((), (), ())
-    assert snippet(needs, lines, answer).startswith("defmodule KindsCheck.Snippet do\ndef code(:opened), do: opened()")
+    assert (needs.helpers, needs.named, needs.stubs, needs.complete) == ((), (), (), True)
+    assert snippet(needs, lines, answer).startswith("defmodule KindsCheck.Snippet do\nimport Bitwise\n\n"
+                                                    "def code(:opened), do: opened()")
     text, facts = parsed(pool, "lib/ledger/entry.ex")
     (entry,) = facts.modules
     new = entry.functions[0]
@@ -112,6 +114,14 @@ def test_the_compile_check_of_doc_to_impl_is_the_request_context_stubs_and_the_a
     needs = context(entry, new, "def new(units, currency)", lines, 10)  # too long: normalize/1 is named
     assert needs.stubs == (("defp", "normalize", 1),)
     assert "def normalize(_arg0), do: nil" in snippet(needs, lines, "def new(units, currency), do: nil")
+
+
+def test_a_function_calling_what_no_request_can_show_gives_no_doc_to_impl_record(pool):
+    """Without an import or use, a call to a function a `for` generates can never be shown (Plug.Conn.Status)."""
+    text = (LEDGER / "lib/ledger/codes.ex").read_text().replace("  import Bitwise\n", "").replace(
+        "bor(code, 1)", "code + 1")
+    result = file_records(source("lib/ledger/codes.ex"), text, parse_source(pool, "codes.ex", text), CONFIG)
+    assert [q.split("`")[1] for q, _ in chats(result, "doc_to_impl")] == ["Ledger.Codes.corrected/1"]
 
 
 def test_docs_and_specs_are_asked_for_without_showing_them(pool):
