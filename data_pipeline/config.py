@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     # at most repair_test_runs test files), test files as tests.
     c.verify = ml_collections.ConfigDict(dict(
         enabled=True, sandbox="required", timeout_s=300.0, test_timeout_ms=5000, repair_compile_per_file=2,
-        repair_test_per_file=2, repair_test_files=12, repair_test_runs=6))
+        repair_test_per_file=2, repair_test_files=8, repair_test_runs=4))
     c.split = ml_collections.ConfigDict(dict(validation_fraction=0.05))
     c.shards = ml_collections.ConfigDict(dict(records_per_shard=10_000))
     return c

@@ -187,58 +187,60 @@ class _Plan:
 
 
 def _plan(package: _Package, config: VerifyConfig, seed: int) -> _Plan:
-    plan = _Plan()
-    lib, tests = package.lib(), package.tests()
-    plan.tests = {path: (path, f.text) for path, f in tests.items()}
-    plan.tests |= {path: (path, f.text) for path, f in package.files.items() if f.test and path not in plan.tests}
-    file_jobs: set[str] = set()
-    for path, file in sorted(package.files.items()):
-        for record_id, check in sorted(file.checks.items()):
-            ids = []
-            if check["compile"]:
-                code = check["compile"].replace(f"defmodule {SNIPPET_MODULE} do", f"defmodule {SNIPPET_MODULE}"
-                                                f"{record_id} do", 1)
-                plan.jobs.append(("compile", f"c:{record_id}", code))
-                ids.append(f"c:{record_id}")
-            if check["file"]:
-                if check["file"] not in file_jobs:
-                    plan.jobs.append(("file", f"f:{check['file']}", check["file"]))
-                    file_jobs.add(check["file"])
-                ids.append(f"f:{check['file']}")
-            if check["parse"]:
-                plan.jobs.append(("parse", f"p:{record_id}", check["parse"]))
-                ids.append(f"p:{record_id}")
-            plan.checks[record_id] = (path, ids)
-    found = tests_code.pairs({p: f.modules for p, f in lib.items() if not f.test},
-                             {p: f.modules for p, f in tests.items()})
-    for pair in found:
-        plan.jobs.append(("test", f"t:{pair.test_path}", pair.test_path))
-        plan.pairs.append((pair, f"t:{pair.test_path}"))
-    own_lib = [path for path, f in sorted(lib.items()) if not f.test]
-    for path in own_lib:
-        if config.repair_compile_per_file:
-            plan.jobs.append(("mutate", f"rc:{path}", path, "compile", config.repair_compile_per_file, seed, []))
-            plan.mutations.append((f"rc:{path}", path, "compile"))
+    plan = _Plan(tests={path: (path, f.text) for path, f in package.files.items() if f.test})
     for path, file in sorted(package.files.items()):  # `Mod.FunTest` each: numbered, as they share a name
         for index, (record_id, module_source) in enumerate(sorted(file.doctest_tests.items()), 1):
             renamed = re.sub(r"\Adefmodule (\S+)Test do", rf"defmodule \1Doctest{index}Test do", module_source)
             stem = PurePosixPath(path).stem
             plan.tests[f"doctest:{record_id}"] = (f"test/doctests/{stem}_doctest{index}_test.exs", renamed)
-    targets = []
-    for path in own_lib:
-        file = package.files[path]
-        exercising = [test_id for test_id, (_, source) in plan.tests.items()
-                      if (test_id.endswith("_test.exs") or test_id.startswith("doctest:"))
-                      and any(_mentions(source, module) for module in file.modules)]
-        exercising.sort(key=lambda test_id: (tests_code.conventional_lib_path(test_id) != path,
-                                             test_id.startswith("doctest:"), test_id))
-        if exercising and config.repair_test_per_file:
-            targets.append((path, exercising[:config.repair_test_runs]))
+    _check_jobs(package, plan)
+    lib = {path: f for path, f in package.lib().items() if not f.test}
+    for pair in tests_code.pairs({p: f.modules for p, f in lib.items()},
+                                 {p: f.modules for p, f in package.tests().items()}):
+        plan.jobs.append(("test", f"t:{pair.test_path}", pair.test_path))
+        plan.pairs.append((pair, f"t:{pair.test_path}"))
+    for path in sorted(lib) if config.repair_compile_per_file else []:
+        plan.jobs.append(("mutate", f"rc:{path}", path, "compile", config.repair_compile_per_file, seed, []))
+        plan.mutations.append((f"rc:{path}", path, "compile"))
+    targets = [(path, tests) for path in sorted(lib) if (tests := _exercising(plan, path, lib[path].modules))]
     random.Random(f"{seed}:{package.key}").shuffle(targets)
-    for path, exercising in sorted(targets[:config.repair_test_files]):
-        plan.jobs.append(("mutate", f"rt:{path}", path, "test", config.repair_test_per_file, seed, exercising))
+    for path, tests in sorted(targets[:config.repair_test_files]) if config.repair_test_per_file else []:
+        plan.jobs.append(("mutate", f"rt:{path}", path, "test", config.repair_test_per_file, seed,
+                          tests[:config.repair_test_runs]))
         plan.mutations.append((f"rt:{path}", path, "test"))
     return plan
+
+
+def _check_jobs(package: _Package, plan: _Plan) -> None:
+    """The jobs of the records' checks (a file compiled once for all its records)."""
+    files_compiled: set[str] = set()
+    for path, file in sorted(package.files.items()):
+        for record_id, check in sorted(file.checks.items()):
+            ids = []
+            if check["compile"]:
+                code = check["compile"].replace(f"defmodule {SNIPPET_MODULE} do",
+                                                f"defmodule {SNIPPET_MODULE}{record_id} do", 1)
+                plan.jobs.append(("compile", f"c:{record_id}", code))
+                ids.append(f"c:{record_id}")
+            if check["file"]:
+                if check["file"] not in files_compiled:
+                    plan.jobs.append(("file", f"f:{check['file']}", check["file"]))
+                    files_compiled.add(check["file"])
+                ids.append(f"f:{check['file']}")
+            if check["parse"]:
+                plan.jobs.append(("parse", f"p:{record_id}", check["parse"]))
+                ids.append(f"p:{record_id}")
+            plan.checks[record_id] = (path, ids)
+
+
+def _exercising(plan: _Plan, path: str, modules: list[str]) -> list[str]:
+    """The tests that name a module of the lib file `path`: its own test file first, then the package's other
+    test files, then the tests made from its doctests."""
+    found = [test_id for test_id, (_, source) in plan.tests.items()
+             if (test_id.endswith("_test.exs") or test_id.startswith("doctest:"))
+             and any(_mentions(source, module) for module in modules)]
+    return sorted(found, key=lambda test_id: (tests_code.conventional_lib_path(test_id) != path,
+                                              test_id.startswith("doctest:"), test_id))
 
 
 def _mentions(source: str, module: str) -> bool:
