@@ -47,7 +47,7 @@ from data_pipeline.sources.http import HttpClient, HttpConfig
 from data_pipeline.sources.local import LocalSource
 from data_pipeline.sources.otp_docs import OtpDocsSource, otp_docs_worker
 from data_pipeline.sources.safe_tar import TarLimits
-from data_pipeline.verify import VerifyConfig, Verified
+from data_pipeline.verify import Verified, VerifyConfig
 from data_pipeline.verify import facts as verify_facts
 from data_pipeline.verify import verify as verify_kinds
 from devstral_jax.data.records import Record, Source

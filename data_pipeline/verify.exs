@@ -12,11 +12,13 @@
 #   {"file", id, path}        the lib file compiles (with the package, or alone) -> passed | failed | missing
 #   {"parse", id, code}       the code reads as Elixir -> passed | failed
 #   {"test", id, test_id}     the test file passes against the package -> passed | failed | missing | no tests
+#                             | not compiled (the test file) | not run (the package does not compile)
 #   {"mutate", id, path, mode, count, seed, test_ids}
-#       up to `count` mutants of functions of `path`, one per function: mode "compile" (misspelt variable, wrong arity, missing `end`: the
-#       original must compile, the mutant must not) or "test" (swapped operator, dropped clause: the mutant
-#       must compile and fail one of the tests `test_ids` that pass against the original). Each mutant's result
-#       has the function, the edit (lines replaced), its status and the compiler's or ExUnit's output.
+#       up to `count` mutants of functions of `path`, one per function: mode "compile" (misspelt variable,
+#       wrong arity, missing `end`: the original must compile, the mutant must not) or "test" (swapped
+#       operator, dropped clause: the mutant must compile and fail one of the tests `test_ids` that pass
+#       against the original). Each mutant's result has the function, the edit (lines replaced), its status
+#       and the compiler's or ExUnit's output.
 
 defmodule KindsCheck.Listener do
   @moduledoc "An ExUnit formatter that tells the program how each test went, failures formatted as ExUnit prints them."
@@ -43,10 +45,14 @@ defmodule KindsCheck.Listener do
     end
   end
 
-  def missing?(text) do
-    text =~
-      ~r/module \S+ is not available|is not loaded and could not be found|__struct__\/[01] is undefined|\benoent\b|no such file or directory|could not read file|Mix.ProjectStack/
-  end
+  @missing [
+    ~r/module \S+ is not available|is not loaded and could not be found|__struct__\/[01] is undefined/,
+    ~r/\benoent\b|no such file or directory|could not read file/,
+    # a compile-time `Mix.Project.config()`: there is no Mix project here
+    ~r/Mix.ProjectStack/
+  ]
+
+  def missing?(text), do: Enum.any?(@missing, &(text =~ &1))
 end
 
 defmodule KindsCheck do
@@ -371,7 +377,10 @@ defmodule KindsCheck.Mutants do
     :|| => "&&"
   }
   @definitions [:def, :defp, :defmacro, :defmacrop, :defguard, :defguardp, :defdelegate]
-  @kinds %{"compile" => ["misspelt variable", "wrong arity", "missing end"], "test" => ["swapped operator", "dropped clause"]}
+  @kinds %{
+    "compile" => ["misspelt variable", "wrong arity", "missing end"],
+    "test" => ["swapped operator", "dropped clause"]
+  }
 
   @doc """
   Up to `count` mutants of distinct functions of `source`, in an order fixed by `seed`, the kinds of mistake
@@ -418,9 +427,11 @@ defmodule KindsCheck.Mutants do
             do: {name, length(args)}
 
       clauses =
-        for {kind, meta, [head | _]} = node <- exprs, kind in [:def, :defp], {name, args} = call_of(head), name != nil do
-          %{name: name, arity: length(args), node: node, first: meta[:line], last: last_line(node)}
-        end
+        for {kind, meta, [head | _]} = node <- exprs,
+            kind in [:def, :defp],
+            {name, args} = call_of(head),
+            name != nil,
+            do: %{name: name, arity: length(args), node: node, first: meta[:line], last: last_line(node)}
 
       groups = Enum.chunk_by(clauses, &{&1.name, &1.arity})
       contiguous = groups |> Enum.frequencies_by(fn [clause | _] -> {clause.name, clause.arity} end)
@@ -559,8 +570,8 @@ defmodule KindsCheck.Mutants do
   # A letter doubled: `acc` -> `accc`, `value` -> `vallue` (a plausible slip that names no other variable).
   defp misspell(name) do
     text = Atom.to_string(name)
-    length = String.length(text)
-    if length < 2, do: nil, else: String.to_atom(String.slice(text, 0, div(length, 2) + 1) <> String.slice(text, div(length, 2), length))
+    half = div(String.length(text), 2)
+    if half < 1, do: nil, else: String.to_atom(String.slice(text, 0, half + 1) <> String.slice(text, half..-1//1))
   end
 
   defp replace_at(lines, line, column, old, new) when is_integer(line) and is_integer(column) do

@@ -12,8 +12,9 @@ From the parser's facts (each function's local calls, attributes read and aliase
 
 When the helpers would make the answer longer than the limit, they are listed in the request instead. A
 function that calls what neither the module defines nor an `import`/`use` of it may bring (a function a
-macro generates) cannot be made complete: it gives no record. The check (verify.py) compiles the definitions, stubs of the named functions and the answer as one module: a call
-or attribute the request does not show fails it.
+macro generates) cannot be made complete: it gives no record. The check (verify.py) compiles the
+definitions, stubs of the named functions and the answer as one module: a call or attribute the request
+does not show fails it.
 """
 
 from __future__ import annotations

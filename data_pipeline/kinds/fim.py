@@ -11,6 +11,7 @@ that window of the file. Up to `spans` middles are cut per file, none overlappin
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 
 from data_pipeline.kinds.records import record
@@ -32,7 +33,7 @@ def fim_records(source: Source, lines: list[str], parsed: ParsedFile, rng: rando
     cuts: list[tuple[int, int]] = []  # 0-based [start, end) line ranges
     for _ in range(config.spans):
         free = [f for f in functions if not any(_overlaps(_whole(f), cut) for cut in cuts)]
-        pairs = [(a, b) for a, b in zip(functions, functions[1:]) if a in free and b in free and a.end_line < b.line]
+        pairs = [(a, b) for a, b in itertools.pairwise(functions) if a in free and b in free and a.end_line < b.line]
         if pairs and rng.random() < config.across_rate:
             cut = _across(*rng.choice(pairs))
         elif free:

@@ -50,8 +50,9 @@ def test_the_parser_reports_what_each_function_uses_and_what_the_module_defines(
     _, facts = parsed(pool, "lib/ledger/entry.ex")
     (entry,) = facts.modules
     assert entry.struct == (7, 7) and [name for name, _ in entry.attributes] == ["enforce_keys", "currencies", "cents"]
-    assert [(t.name, t.span, t.doc_span) for t in entry.types] == [("t", (10, 10), (9, 9)), ("currency", (13, 13), (12, 12))]
-    new, same, normalize = entry.functions
+    assert [(t.name, t.span, t.doc_span) for t in entry.types] == [("t", (10, 10), (9, 9)),
+                                                                   ("currency", (13, 13), (12, 12))]
+    new, _, normalize = entry.functions
     assert (new.calls, new.attributes, new.aliases, new.doc_span) == ((("normalize", 1),), ("cents",), ("__MODULE__",),
                                                                      (18, 23))
     assert normalize.attributes == ("currencies",) and normalize.calls == (("normalize", 1),)  # the pipe counts
@@ -143,20 +144,22 @@ def test_docs_and_specs_are_asked_for_without_showing_them(pool):
 
 def test_otp_designs_are_requirements_read_off_the_module(pool):
     ((request, answer),) = chats(made(pool, "lib/ledger/server.ex"), "otp_design")
-    assert request == """Write an Elixir GenServer module named `Ledger.Server` that meets these requirements:
-
-- It is a GenServer, with the child spec options `[restart: :transient]`.
-- Its purpose: A process that holds a ledger and answers for its balance.
-- Its client API:
-  - `def start_link(opts)`: Starts the ledger process, registered under its module's name. (`@spec start_link(keyword()) :: GenServer.on_start()`)
-  - `def post(%Entry{} = entry)`: Records an entry. (`@spec post(Entry.t()) :: :ok`)
-  - `def balance(currency)`: The balance in `currency`.
-  - `def reset()`: Forgets every entry.
-- Its process is started under the name `__MODULE__`.
-- It implements the callbacks `init/1`, `handle_call/3`, `handle_cast/2`, `handle_info/2`.
-- `handle_call/3` handles the calls `{:post, entry}`, `{:balance, currency}`, in this order.
-- `handle_cast/2` handles the casts `:reset`, in this order.
-- `handle_info/2` handles the messages `:audit`, in this order."""
+    assert request.split("\n") == [
+        "Write an Elixir GenServer module named `Ledger.Server` that meets these requirements:",
+        "",
+        "- It is a GenServer, with the child spec options `[restart: :transient]`.",
+        "- Its purpose: A process that holds a ledger and answers for its balance.",
+        "- Its client API:",
+        "  - `def start_link(opts)`: Starts the ledger process, registered under its module's name. "
+        "(`@spec start_link(keyword()) :: GenServer.on_start()`)",
+        "  - `def post(%Entry{} = entry)`: Records an entry. (`@spec post(Entry.t()) :: :ok`)",
+        "  - `def balance(currency)`: The balance in `currency`.",
+        "  - `def reset()`: Forgets every entry.",
+        "- Its process is started under the name `__MODULE__`.",
+        "- It implements the callbacks `init/1`, `handle_call/3`, `handle_cast/2`, `handle_info/2`.",
+        "- `handle_call/3` handles the calls `{:post, entry}`, `{:balance, currency}`, in this order.",
+        "- `handle_cast/2` handles the casts `:reset`, in this order.",
+        "- `handle_info/2` handles the messages `:audit`, in this order."]
     assert code_of(answer) == (LEDGER / "lib/ledger/server.ex").read_text().strip()
     ((request, _),) = chats(made(pool, "lib/ledger/supervisor.ex"), "otp_design")
     assert request.endswith("- It supervises with the strategy `:rest_for_one`.\n- Its children, in order: "
@@ -189,7 +192,8 @@ def test_fim_cuts_several_windows_none_repeating_the_whole_file(pool, path):
 
 def test_a_context_as_long_as_the_file_gives_the_whole_file_around_one_middle(pool):
     text, facts = parsed(pool, "lib/ledger/book.ex")
-    (fim,) = fim_records(source("lib/ledger/book.ex"), text.split("\n"), facts, random.Random(0), FimConfig(1, 10_000, 0.0))
+    (fim,) = fim_records(source("lib/ledger/book.ex"), text.split("\n"), facts, random.Random(0),
+                         FimConfig(1, 10_000, 0.0))
     assert fim.prefix + fim.middle + fim.suffix == text
 
 
