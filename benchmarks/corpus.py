@@ -9,9 +9,10 @@ tests/eval/data), as someone's "exercises" repo would hold them. One pipeline ru
 scratch, in a temporary folder; the figures come from its manifest.json and output. Prints per repository:
 licence found, files, parsed, skipped by reason, records by kind and task (guides and notebooks among them),
 secrets redacted, doctests kept/run/passed (where the manifest has them), then the totals (with the prose
-documents, their code blocks and what could not become a record, by reason), files/s end to end (with the CPU
-seconds it took, its own and its subprocesses', and the load average before and after: on a shared machine, run
-it a few times), and the checks:
+documents, their code blocks and what could not become a record, by reason), the kinds verified by running them
+(per kind: generated, run, passed, kept, dropped by reason; the share of generated items that passed), files/s end
+to end (with the CPU seconds it took, its own and its subprocesses', and the load average before and after: on a
+shared machine, run it a few times), and the checks:
   - training reads each record once: the records Grain reads from the output folder, given as
     `--config.data.train_paths='("<output_dir>",)'` (the README's form), against the manifest's count;
   - decontamination drops only benchmark solutions: every drop is a planted file, every planted file is out;
@@ -111,7 +112,8 @@ def per_repository(manifest: dict, output: Path) -> dict[str, dict]:
             "parsed": sum(u["files_kept"] for u in unit_rows), "skipped": dict(skipped[package]),
             "records": sum(kinds[package].values()), "records_by_kind": dict(sorted(kinds[package].items())),
             "records_by_task": dict(sorted(tasks[package].items())), "secrets": dict(sorted(secrets[package].items())),
-            "doctests_kept_run_passed": doctest_figures(manifest["doctests"]["packages"].get(package))}
+            "doctests_kept_run_passed": doctest_figures(manifest["doctests"]["packages"].get(package)),
+            "verified": manifest.get("verified", {}).get("packages", {}).get(package)}
     return rows
 
 
@@ -190,7 +192,9 @@ def main(argv):
                                for split in ("train", "validation")},
                    "secrets": manifest["secrets"]["found"],
                    "doctests": {key: manifest["doctests"][key] for key in ("kept", "run", "passed")},
-                   "prose": manifest["prose"]},
+                   "prose": manifest["prose"],
+                   "verified": {key: value for key, value in manifest.get("verified", {}).items()
+                                if key != "packages"}},
         "training_reads": reads,
         "decontamination": {"dropped_records": len(drops),
                             "dropped_not_planted": sorted(dropped_files - planted_files),
@@ -220,6 +224,19 @@ def main(argv):
         sys.exit("corpus benchmark: a check failed (see above)")
 
 
+def verified_kinds(verified: dict) -> None:
+    """The kinds checked by running them (manifest `verified`): per kind what was generated, run, passed, kept
+    and dropped by reason, and the share of generated items that passed."""
+    if not verified.get("kinds"):
+        return
+    print(f"\nverified kinds: {verified['passed']} of {verified['generated']} generated items passed "
+          f"({verified['passed_share']:.1%})")
+    for kind, f in verified["kinds"].items():
+        print(f"  {kind}: generated {f['generated']}, run {f['run']}, passed {f['passed']}, kept {f['kept']}; "
+              f"dropped: {_counts(f['dropped_by_reason'])}; kept unverified: {_counts(f['unverified_by_reason'])}"
+              + (f"; files not mutated: {_counts(f['not_mutated_by_reason'])}" if f["not_mutated_by_reason"] else ""))
+
+
 def report(result: dict) -> None:
     header = ("repository", "licence (found in)", "files", "parsed", "skipped", "records", "secrets", "doctests k/r/p")
     lines = [header]
@@ -241,6 +258,7 @@ def report(result: dict) -> None:
     prose = totals["prose"]
     print(f"prose: documents {_counts(prose['documents'])}, {prose['sections']} sections, code blocks "
           f"{_counts(prose['code_blocks'])}; not made into records: {_counts(prose['dropped_by_reason'])}")
+    verified_kinds(totals["verified"])
     print(f"end to end: {result['files']} files in {result['seconds']:.1f} s = {result['files_per_second']:.1f} "
           f"files/s ({result['cpu_seconds']:.1f} CPU s; {result['workers']} workers; {result['machine']}; load "
           f"average {result['load_average_before']:.1f} before, {result['load_average_after']:.1f} after; doctest "

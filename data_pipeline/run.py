@@ -56,6 +56,9 @@ from data_pipeline.sources.local import LocalSource
 from data_pipeline.sources.otp_docs import OtpDocsSource, otp_docs_worker
 from data_pipeline.sources.prose import ElixirGuidesSource, prose_kind
 from data_pipeline.sources.safe_tar import TarLimits
+from data_pipeline.verify import Verified, VerifyConfig
+from data_pipeline.verify import facts as verify_facts
+from data_pipeline.verify import verify as verify_kinds
 from devstral_jax.data.records import Record, Source
 from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, parser_pool
 from devstral_jax.elixir.worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
@@ -74,8 +77,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         listed, redone, failures = asyncio.run(collect(config, output, store, pipeline, doctest_check))
         screening = screen(config, store, listed)
         doctests = doctest_check.verdicts(store.results(listed))
+    verified = verify_kinds(VerifyConfig(**config.verify), config.instruct.max_context_chars, config.seed,
+                            config.workers, output, store.results(listed), doctests.dropped, pipeline["elixir_version"])
     return assemble(config, output, store, listed, failures, {**pipeline, "redone_units": redone}, screening,
-                    doctests)
+                    doctests, verified)
 
 
 # --- collect -------------------------------------------------------------------------------------------------
@@ -279,7 +284,7 @@ def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
     tokenizer = context.tokenizer.result()
     return {"path": source.path, "status": "kept", "reason": "", **secrets,
             "records": [{"record": r.to_dict(), "tokens": _tokens(tokenizer, r)} for r in made.records],
-            **doctest_facts(made)}
+            **doctest_facts(made), **verify_facts(made)}
 
 
 def _book_entries(unit: Unit, fetched: Fetched, licence: str, context: _Context) -> list[dict[str, Any]]:
@@ -329,6 +334,7 @@ class Screening:
     not depend on the doctest check, so it runs while the check finishes."""
 
     problems: list[Fingerprint]  # the benchmark problems decontamination looked for
+    decontaminator: Decontaminator  # and what looked: the assembly asks it about records made after screening
     duplicates: dict[str, tuple[str, str]]  # file ("unit id:path") -> (the file it duplicates, rule)
     contaminated: dict[tuple[str, int], Hit]  # (file, index of a record in it) -> the problem the record holds
 
@@ -340,11 +346,11 @@ def screen(config: ml_collections.ConfigDict, store: UnitStore, listed: list[tup
     decontaminator = Decontaminator(problems, config.decontam.ngram, config.decontam.min_chars,
                                     config.decontam.min_informative)
     near = NearDuplicates(config.dedup.threshold, config.dedup.num_perm, config.dedup.ngram)
-    screening = Screening(problems, {}, {})
+    screening = Screening(problems, decontaminator, {}, {})
     seen_files: dict[str, str] = {}
     results = tqdm(store.results(listed), desc="screen", unit="unit", total=len(set(listed)),
                    disable=not config.progress)
-    for where, file in _kept_files(results):
+    for where, _, file in _kept_files(results):
         text = next(e["record"]["text"] for e in file["records"] if e["record"]["kind"] == "text")
         key = exact_key(text)
         if key in seen_files:
@@ -360,11 +366,12 @@ def screen(config: ml_collections.ConfigDict, store: UnitStore, listed: list[tup
 
 
 def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, listed: list[tuple[str, str]],
-             failures: list[dict[str, Any]], pipeline: dict[str, Any], screening: Screening, doctests: Verdicts
-             ) -> dict[str, Any]:
+             failures: list[dict[str, Any]], pipeline: dict[str, Any], screening: Screening, doctests: Verdicts,
+             verified: Verified) -> dict[str, Any]:
     """Split and shards from the checkpoints of the units listed now (in their current keys), leaving out the
-    duplicate files, the duplicate records, the contaminated ones and the doctest records that failed their check;
-    writes manifest.json and report.md."""
+    duplicate files, the duplicate records, the contaminated ones (and the rest of a benchmark solution's file)
+    and the records that failed their doctest or verify check, and adding those made by running their package
+    (verify.py) after their file's own; writes manifest.json and report.md."""
     keys = dict(listed)
     units = [manifest_lib.summarize(result, keys[result["unit"]["id"]])  # a first pass, without the records
              for result in store.results(listed)]
@@ -383,26 +390,35 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
     prose = ProseTally()
     seen_records: set[str] = set()
     results = tqdm(store.results(listed), desc="assemble", unit="unit", total=len(units), disable=not config.progress)
-    for where, file in _kept_files(results):
+    for where, unit, file in _kept_files(results):
         prose.add(file)
         if duplicate := screening.duplicates.get(where):
             tally.duplicate_file(where, *duplicate)
             continue
-        for index, entry in enumerate(file["records"]):
-            record = Record.from_dict(entry["record"])
-            if record.id in doctests.dropped:
+        entries = [(Record.from_dict(entry["record"]), entry["tokens"], screening.contaminated.get((where, index)))
+                   for index, entry in enumerate(file["records"])]
+        # Records made by running the package (verify.py) come after the file's own; screening never saw them.
+        made_here = verified.added.get((unit["kind"], unit["package"], unit["version"], file["path"]), [])
+        entries += [(record, _tokens(_tekken(), record), screening.decontaminator.find(record.contents()))
+                    for record in made_here]
+        benchmark_file = False
+        for record, tokens, hit in entries:
+            if record.id in doctests.dropped or record.id in verified.dropped:
                 continue
             key = record.kind + ":" + exact_key("\0".join(record.contents()))
             if key in seen_records:
                 tally.duplicate_record()
                 continue
             seen_records.add(key)
-            if hit := screening.contaminated.get((where, index)):
+            if hit:
                 tally.contaminated(record, hit)
+                benchmark_file |= record.kind == "text"
+                continue
+            if benchmark_file:  # made from a benchmark's file (a repair of its solution, say): it goes too
                 continue
             split = "validation" if record.package in held_out else "train"
             writers[split].write(dataclasses.replace(record, split=split))
-            tally.kept(record, split, entry["tokens"])
+            tally.kept(record, split, tokens)
 
     produced = {split: [str(path.relative_to(staging)) for path in writer.close()] for split, writer in writers.items()}
     failures = failures + [{"unit": {k: unit[k] for k in ("id", "kind", "package", "version", "url")},
@@ -410,17 +426,18 @@ def assemble(config: ml_collections.ConfigDict, output: Path, store: UnitStore, 
     manifest = manifest_lib.build(config, pipeline, units, failures, tally, screening.problems, produced)
     manifest["doctests"] = doctests.summary()
     manifest["prose"] = prose.summary()
+    manifest["verified"] = verified.summary()
     manifest_lib.write(manifest, staging)
     _publish(staging, output)
     return manifest
 
 
-def _kept_files(results: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """("unit id:path", file entry) of every kept file of the units' results, in their order."""
+def _kept_files(results: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """("unit id:path", unit, file entry) of every kept file of the units' results, in their order."""
     for result in results:
         for file in result["files"]:
             if file["status"] == "kept":
-                yield f"{result['unit']['id']}:{file['path']}", file
+                yield f"{result['unit']['id']}:{file['path']}", result["unit"], file
 
 
 def _publish(staging: Path, output: Path) -> None:
