@@ -129,7 +129,7 @@ async def collect(config: ml_collections.ConfigDict, output: Path, store: UnitSt
 
     async def produce() -> None:
         try:
-            for source in _sources(config, output / "cache", http, pool, otp_worker):
+            for source in _sources(config, output / "cache", http, pool, otp_worker, context):
                 try:
                     async for unit in source.units():
                         settings = unit_settings(config, unit.kind, unit.licences, pipeline["version"],
