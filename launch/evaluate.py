@@ -1,6 +1,6 @@
 """Evaluates a model by running what it writes: sample completions, execute them against ExUnit tests, report.
 
-    python launch/evaluate.py --config=configs/eval_tiny_cpu.py --model=<HF dir | random:<preset>> \
+    python launch/evaluate.py --config=configs/eval_tiny_cpu.py --model=<HF dir | GGUF | workdir | random:<preset>> \
         --benchmark=humaneval-elixir.jsonl [--benchmark=...] [--doctest_records='shards/*.jsonl'] \
         [--perplexity_records='shards/*.jsonl'] --output_dir=eval_out
 
@@ -20,9 +20,9 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import jax
+import ml_collections
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
@@ -39,12 +39,12 @@ from devstral_jax.eval.sample_store import SampleStore, model_marker, problems_d
 from devstral_jax.hf.load import load as load_hf
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
-from devstral_jax.tokenizer import load_tekken
-from devstral_jax.train.trainer import restore_trained_model
+from devstral_jax.tokenizers import Tokenizer, check_vocab, model_tokenizer
+from devstral_jax.train.trainer import restore_trained_model, run_tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/eval_tiny_cpu.py.")
-_MODEL = flags.DEFINE_string("model", None, "An HF model directory, a training workdir, or random:<preset> "
-                             "(random weights, for tests).")
+_MODEL = flags.DEFINE_string("model", None, "An HF model directory, a GGUF file, a training workdir, or "
+                             "random:<preset> (random weights, for tests).")
 _BENCHMARKS = flags.DEFINE_multi_string("benchmark", [], "A MultiPL-E-format JSONL benchmark (repeatable).")
 _COMPLETIONS = flags.DEFINE_string("completions", None, "Score the completions in this JSONL file instead of sampling.")
 _DOCTEST_RECORDS = flags.DEFINE_multi_string("doctest_records", [], "Glob of record JSONL shards: build the "
@@ -64,7 +64,7 @@ class Evaluation:
     doctest_sources: list[tuple[str, str]] | None = None  # held-out .ex files: the doctest benchmark's source
     perplexity_texts: list[str] | None = None
     model: Transformer | None = None
-    tokenizer: Any = None
+    tokenizer: Tokenizer | None = None
 
 
 def setup(argv: list[str], config) -> Evaluation:
@@ -111,26 +111,31 @@ def _check_flags(argv: list[str], settings) -> None:
         logging.warning("num_samples=%d with greedy decoding: every sample is the same.", settings.num_samples)
 
 
-def load_model(spec: str, model_config: ModelConfig, seed: int):
-    """(model, tokenizer) for `--model`: an HF directory, a training workdir (base + trained adapters), or
-    `random:<preset>`."""
+def load_model(spec: str, model_config: ModelConfig, seed: int) -> tuple[Transformer, Tokenizer]:
+    """(model, its tokenizer) for `--model`: an HF directory, a GGUF file, a training workdir (base + trained
+    adapters), or `random:<preset>`. The tokenizer is the model's own (else its family's default) and must have the
+    model's vocabulary."""
     execution = {name: getattr(model_config, name) for name in EXECUTION_FIELDS}
     if spec.startswith("random:"):
         name = spec.removeprefix("random:")
         if name not in PRESETS:
             raise FlagError(f"--model=random:{name}: unknown preset; choose one of {sorted(PRESETS)}.")
-        return Transformer(preset(name, **execution), rngs=nnx.Rngs(seed)), load_tekken()
-    path = Path(spec)
-    if not path.is_dir():
-        raise FlagError(f"--model={spec}: no such directory (pass an HF model directory or random:<preset>).")
-    if (path / "checkpoints").is_dir():
-        model, _, _ = restore_trained_model(str(path))
-        return model, load_tekken()
-    if not (path / "config.json").is_file() and not (path / "params.json").is_file():
-        raise FlagError(f"--model={spec} is neither a model directory (config.json or params.json) nor a "
-                        "training workdir (checkpoints/).")
-    loaded = load_hf(path, seed=seed, **execution)
-    return loaded.model, loaded.tokenizer or load_tekken()
+        config = preset(name, **execution)
+        model, tokenizer = Transformer(config, rngs=nnx.Rngs(seed)), model_tokenizer(None, config.family)
+    elif (Path(spec) / "checkpoints").is_dir():
+        model, config, meta = restore_trained_model(spec)
+        return model, run_tokenizer(ml_collections.ConfigDict(meta["config"]), config)
+    elif Path(spec).is_file() or (Path(spec) / "config.json").is_file() or (Path(spec) / "params.json").is_file():
+        loaded = load_hf(spec, seed=seed, **execution)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    elif not Path(spec).exists():
+        raise FlagError(f"--model={spec}: no such file or directory (pass an HF model directory, a GGUF file, a "
+                        "training workdir or random:<preset>).")
+    else:
+        raise FlagError(f"--model={spec} is neither a model directory (config.json or params.json), a GGUF file, "
+                        "nor a training workdir (checkpoints/).")
+    check_vocab(tokenizer, model.config, spec)
+    return model, tokenizer
 
 
 def sample_completions(sampler: Sampler, problems: list[Problem], settings, seed: int,

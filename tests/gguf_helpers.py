@@ -30,7 +30,8 @@ def llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
 
 def write_gguf(hf: transformers.PreTrainedModel, config: ModelConfig, path, matrix_type: str,
                name: str = "tiny") -> None:
-    """`hf`'s weights as a llama-architecture GGUF: norms F32, matrices in `matrix_type`; no `output.weight` when tied."""
+    """`hf`'s weights as a llama-architecture GGUF: norms F32, matrices in `matrix_type`; no `output.weight` if
+    tied."""
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(name)
     writer.add_block_count(config.num_layers)

@@ -1,12 +1,13 @@
 """GGUF checkpoints (llama.cpp's format, as Ollama and the Hub ship them) read as HF tensors.
 
-A llama-architecture file (llama.cpp writes Mistral models, Devstral included, as `llama` too) whose tensors are F32, F16, BF16, Q8_0, Q4_0 or Q4_1: each tensor is
-dequantized to float32 by the `gguf` package's own `gguf.quants.dequantize` (what transformers' GGUF loading
-uses too), named by param_map's GGUF names, and its q/k rows are put back from llama.cpp's interleaved RoPE
-order into Hugging Face's rotate-half order (hf/consolidated.py). So hf/model_dir.py hands GGUF tensors to
-hf/load.py exactly like safetensors ones, streamed and quantized on load. The config comes from the file's
-`<architecture>.*` metadata; a file without `output.weight` ties the output layer to the token embedding
-(SmolLM2, Llama 3.2). The tokenizer is in the same file (devstral_jax/tokenizers).
+A llama-architecture file (llama.cpp writes Mistral models, Devstral included, as `llama` too) whose tensors
+are F32, F16, BF16, Q8_0, Q4_0 or Q4_1: each tensor is dequantized to float32 by the `gguf` package's own
+`gguf.quants.dequantize` (what transformers' GGUF loading uses too), named by param_map's GGUF names, and its
+q/k rows are put back from llama.cpp's interleaved RoPE order into Hugging Face's rotate-half order
+(hf/consolidated.py). So hf/model_dir.py hands GGUF tensors to hf/load.py exactly like safetensors ones,
+streamed and quantized on load. The config comes from the file's `llama.*` metadata; a file without
+`output.weight` ties the output layer to the token embedding (SmolLM2, Llama 3.2). The tokenizer is in the
+same file (devstral_jax/tokenizers).
 """
 
 from __future__ import annotations

@@ -62,15 +62,6 @@ class ModelDir:
         path = os.path.join(self.path, "tekken.json")
         return path if os.path.isfile(path) else None
 
-    @property
-    def tokenizer_source(self) -> str | None:
-        """Where this checkpoint's own tokenizer is, for `tokenizers.load_tokenizer`: the GGUF file, or the
-        directory when it holds a `tekken.json` or `tokenizer.json`; None when it has none."""
-        if self.format == "gguf":
-            return self.path
-        has_one = any(os.path.isfile(os.path.join(self.path, f)) for f in ("tekken.json", "tokenizer.json"))
-        return self.path if has_one else None
-
 
 def open_model_dir(path: str | os.PathLike, format: str = "auto", **execution: Any) -> ModelDir:
     """Reads the config and the tensor headers of a checkpoint and checks them against each other.

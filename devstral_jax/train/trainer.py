@@ -33,11 +33,11 @@ from devstral_jax import sharding
 from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
 from devstral_jax.data.pipeline import DataSpec, make_dataset
-from devstral_jax.data.tokenize import RecordTokenizer
 from devstral_jax.errors import TrainingError
 from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
+from devstral_jax.tokenizers import Tokenizer, check_vocab, load_tokenizer, model_tokenizer
 from devstral_jax.train import config as train_config
 from devstral_jax.train.metrics_log import MetricsLog
 from devstral_jax.train.optim import make_optimizer
@@ -80,6 +80,17 @@ def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
     out_shardings = (sharding.state_shardings(abstract_lora, mesh), sharding.state_shardings(abstract_frozen, mesh))
     lora, frozen = jax.jit(create, out_shardings=out_shardings)()
     return graphdef, lora, frozen, f"random(seed={config.seed})"
+
+
+def run_tokenizer(config: ml_collections.ConfigDict, model_config: ModelConfig) -> Tokenizer:
+    """The run's tokenizer: `config.data.tokenizer` if set, else the base checkpoint's own, else the model family's
+    packaged default; its vocabulary must be the model's."""
+    if config.data.tokenizer:
+        tokenizer = load_tokenizer(config.data.tokenizer)
+    else:
+        tokenizer = model_tokenizer(None if config.base == "random" else config.base, model_config.family)
+    check_vocab(tokenizer, model_config, "of config.model" if config.base == "random" else f"in {config.base}")
+    return tokenizer
 
 
 def train_step_and_state(config: ml_collections.ConfigDict, model_config: ModelConfig, graphdef: nnx.GraphDef,
@@ -192,10 +203,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     mesh = sharding.make_mesh(config.mesh)
     _check_batch_shape(config, mesh)
     graphdef, lora, frozen, base_source = build_model(config, model_config, mesh)
-    tokenizer = RecordTokenizer(config.data.tokenizer or None)
-    if model_config.vocab_size < tokenizer.vocab_size:
-        raise TrainingError(f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-                            f"{tokenizer.vocab_size} tokens.")
+    tokenizer = run_tokenizer(config, model_config)
     datasets = {split: make_dataset(_data_spec(config, split), tokenizer, jax.process_index(), jax.process_count())
                 for split in ("train", "validation")}
     step_fn, fresh = train_step_and_state(config, model_config, graphdef, lora, frozen, mesh)
