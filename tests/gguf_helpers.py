@@ -20,6 +20,9 @@ TINY_GGUF_LLAMA = preset("smollm2_135m", vocab_size=256, hidden_size=64, interme
                          num_heads=4, num_kv_heads=2, head_dim=32, dtype="float32")
 TINY_GGUF_MISTRAL = preset("tiny", vocab_size=256, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=32,
                            dtype="float32")
+# SmolLM2's architecture in miniature with its real vocabulary, so it carries SmolLM2's tokenizer (`tokenizer_from`).
+TINY_SMOLLM2 = preset("smollm2_135m", hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4,
+                      num_kv_heads=2, head_dim=16, dtype="float32")
 
 
 def llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -29,23 +32,24 @@ def llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf(hf: transformers.PreTrainedModel, config: ModelConfig, path, matrix_type: str,
-               name: str = "tiny") -> None:
+               name: str = "tiny", tokenizer_from=None) -> None:
     """`hf`'s weights as a llama-architecture GGUF: norms F32, matrices in `matrix_type`; no `output.weight` if
-    tied."""
+    tied; with `tokenizer_from` (a GGUF file), that file's `tokenizer.*` metadata too."""
     writer = gguf.GGUFWriter(str(path), "llama")
+    if tokenizer_from is not None:
+        for key, field in gguf.GGUFReader(tokenizer_from).fields.items():
+            if key.startswith("tokenizer."):
+                array = field.types[0] == gguf.GGUFValueType.ARRAY
+                writer.add_key_value(key, field.contents(), field.types[0], field.types[-1] if array else None)
     writer.add_name(name)
-    writer.add_block_count(config.num_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_heads)
-    writer.add_head_count_kv(config.num_kv_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
+    hyperparameters = {
+        "block_count": config.num_layers, "context_length": config.max_position_embeddings,
+        "embedding_length": config.hidden_size, "feed_forward_length": config.intermediate_size,
+        "head_count": config.num_heads, "head_count_kv": config.num_kv_heads, "key_length": config.head_dim,
+        "value_length": config.head_dim, "rope_dimension_count": config.head_dim, "rope_freq_base": config.rope_theta,
+        "layer_norm_rms_eps": config.rms_norm_eps, "vocab_size": config.vocab_size}
+    for key, value in hyperparameters.items():
+        getattr(writer, f"add_{key}")(value)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_layers)
     kind = TYPES[matrix_type]
     for hf_name, tensor in hf.state_dict().items():

@@ -64,6 +64,16 @@ def hf_greedy(hf: transformers.PreTrainedModel, prompt: list[int], max_new_token
     return output[0, len(prompt):].tolist()
 
 
+def padded_batch(vocab_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, attention mask, positions) of 3 rows of 24: row 0 full; row 1 left-padded by 9 (generation style);
+    row 2 right-padded by 5 (training style)."""
+    tokens = np.random.default_rng(seed).integers(0, vocab_size, (3, 24))
+    mask = np.ones((3, 24), np.int64)
+    mask[1, :9] = 0
+    mask[2, 19:] = 0
+    return tokens, mask, np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+
+
 def max_relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     """max |ours - reference| / max |reference|: the worst element, scaled by the logits' range."""
     return float(np.max(np.abs(np.asarray(ours) - reference)) / np.max(np.abs(reference)))

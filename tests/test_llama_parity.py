@@ -14,6 +14,7 @@ from devstral_jax.hf import param_map
 from devstral_jax.model import Transformer
 from devstral_jax.model.rope import inverse_frequencies
 from tests.model_helpers import TINY_LLAMA, hf_logits, hf_model, max_relative_error, ours_from_hf
+from tests.model_helpers import padded_batch
 
 RTOL = 1e-4
 # Llama 3's scaling squeezed into a short context, so it changes most frequencies of a 16-dim head within 40 tokens.
@@ -58,13 +59,7 @@ def test_llama3_rope_scaling_logits_match_transformers():
 
 def test_padded_batch_matches_transformers():
     hf = hf_model(SCALED, seed=2)
-    rng = np.random.default_rng(2)
-    tokens = rng.integers(0, SCALED.vocab_size, (3, 24))
-    # Row 0 full; row 1 left-padded by 9 (generation style); row 2 right-padded by 5 (training style).
-    mask = np.ones((3, 24), np.int64)
-    mask[1, :9] = 0
-    mask[2, 19:] = 0
-    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    tokens, mask, positions = padded_batch(SCALED.vocab_size, seed=2)
     reference = hf_logits(hf, tokens, attention_mask=mask, position_ids=positions)
     ours = np.asarray(ours_from_hf(SCALED, hf)(tokens, positions, mask)[0])
     real = mask.astype(bool)

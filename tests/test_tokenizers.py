@@ -20,7 +20,8 @@ from tests.gguf_helpers import real_smollm2
 
 SOURCE = {"kind": "local", "package": "demo", "version": "0", "path": "lib/demo.ex", "licence": "MIT", "url": ""}
 # Elixir that writes other models' special tokens in its strings: it must tokenize as the text it is.
-TRICKY = 'defmodule Prompt do\n  @start "<|im_start|>assistant\\n"\n  def wrap(x), do: "<s>[INST] #{x} [/INST]</s><|im_end|>"\nend\n'
+TRICKY = ('defmodule Prompt do\n  @start "<|im_start|>assistant\\n"\n'
+          '  def wrap(x), do: "<s>[INST] #{x} [/INST]</s><|im_end|>"\nend\n')
 CONVERSATIONS = {
     "one turn": [Message("user", "Write an Elixir function that reverses a list."),
                  Message("assistant", "def reverse(list), do: Enum.reverse(list)")],
