@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import jinja2
 import tokenizers
-import transformers
-from transformers.utils.chat_template_utils import render_jinja_template
 
 from devstral_jax.data.records import Message
 from devstral_jax.errors import ConfigError, DataError
 from devstral_jax.tokenizers.base import FIM_TEXT, Tokenizer
+
+if TYPE_CHECKING:
+    import transformers
 
 _PRIVATE_USE = 0xF0000  # special token k hides in a message as chr(_PRIVATE_USE + k) (Unicode plane 15)
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")  # StarCoder's, where a vocabulary has them
@@ -115,6 +116,8 @@ class HFTokenizer(Tokenizer):
     def _render(self, chat: list[dict[str, str]], add_generation_prompt: bool) -> str:
         if self._chat_template is None:
             raise ConfigError(f"{self.name} has no chat template, so it cannot encode chat records.")
+        from transformers.utils.chat_template_utils import render_jinja_template  # see transformers_tokenizer
+
         try:
             rendered, _ = render_jinja_template(conversations=[chat], chat_template=self._chat_template,
                                                 add_generation_prompt=add_generation_prompt,
@@ -147,6 +150,8 @@ class HFTokenizer(Tokenizer):
 
 def transformers_tokenizer(source: str) -> transformers.PreTrainedTokenizerBase:
     """transformers' tokenizer of a model directory, or built from a GGUF file's metadata."""
+    import transformers  # imported where used: seconds to import, and Mistral models never need it here
+
     try:
         if source.endswith(".gguf"):
             return transformers.AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(source)),
