@@ -157,6 +157,22 @@ def test_smollm2_records_text_fim_and_pickling(smollm2):
         np.testing.assert_array_equal(got, want)
 
 
+def test_fim_uses_the_vocabularys_fim_tokens_where_it_has_them(tmp_path, smollm2):
+    _, reference = smollm2
+    reference.save_pretrained(tmp_path)
+    with_fim = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    with_fim.add_special_tokens({"additional_special_tokens": ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]})
+    with_fim.save_pretrained(tmp_path)
+    ours = HFTokenizer(tmp_path)
+    prefix_id, suffix_id, middle_id = with_fim.convert_tokens_to_ids(["<fim_prefix>", "<fim_suffix>", "<fim_middle>"])
+    prefix, suffix = "def add(a, b) do\n  ", "\nend\n"
+    # StarCoder's prefix-suffix-middle order, the code as text.
+    assert ours.fim_prompt(prefix, suffix) == [prefix_id, *reference.encode(prefix, add_special_tokens=False),
+                                               suffix_id, *reference.encode(suffix, add_special_tokens=False),
+                                               middle_id]
+    assert ours.encode("<fim_middle>") == reference.encode("<fim_middle>", add_special_tokens=False)  # text in code
+
+
 def test_special_tokens_written_in_code_stay_text_for_tekken(tekken):
     raw = tekken._tekken
     controls = {raw.get_special_token(name) for name in ("<s>", "</s>", "[INST]", "[/INST]")}
