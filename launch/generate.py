@@ -26,7 +26,7 @@ from devstral_jax.config import from_config_dict
 from devstral_jax.errors import FlagError
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig, TextStream
-from devstral_jax.tokenizers import check_vocab, model_tokenizer
+from devstral_jax.tokenizers import model_tokenizer
 from devstral_jax.train.trainer import restore_trained_model, run_tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/tiny_cpu.py.")
@@ -45,8 +45,7 @@ def main(argv: list[str]) -> None:
         tokenizer = run_tokenizer(ml_collections.ConfigDict(meta["config"]), model_config)
     else:
         model, weights = Transformer(model_config, rngs=nnx.Rngs(config.seed)), "random weights"
-        tokenizer = model_tokenizer(None, model_config.family)
-        check_vocab(tokenizer, model_config, "of config.model")
+        tokenizer = model_tokenizer(None, model_config, "config.model")
     prompt = config.generate.prompt
     print(f"model: {model_config.num_params:,} parameters ({model_config.num_layers} layers, hidden "
           f"{model_config.hidden_size}, {model_config.num_heads}/{model_config.num_kv_heads} heads), "

@@ -1,6 +1,6 @@
 """The entry points on a Llama-family GGUF base: launch/train.py trains on it with the tokenizer in its metadata
-(SmolLM2's), launch/generate.py samples from the run with that tokenizer, and launch/evaluate.py refuses a model
-whose vocabulary is not its tokenizer's, naming both."""
+(SmolLM2's), launch/generate.py samples from the run with that tokenizer, and launch/evaluate.py refuses a Llama
+model whose vocabulary is not its family's default tokenizer's, naming both."""
 
 import os
 import subprocess
@@ -56,13 +56,16 @@ def get_config():
 
 
 def test_evaluate_refuses_a_model_whose_vocabulary_is_not_its_tokenizers(tmp_path):
-    # A Mistral-family directory without tokenizer files gets the family's Tekken: 131,072 tokens for 256 rows.
-    config = preset("tiny", num_layers=1, vocab_size=256)
-    transformers.MistralForCausalLM(transformers.MistralConfig(**to_hf_config(config))).to(torch.float32) \
+    # A Llama-family directory without tokenizer files gets the family's (SmolLM2's): 49,152 tokens for 256 rows.
+    config = preset("smollm2_135m", num_layers=1, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
+                    head_dim=16, vocab_size=256)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**to_hf_config(config))).to(torch.float32) \
         .save_pretrained(tmp_path / "model")
     result = _run("launch/evaluate.py", "--config=configs/eval_tiny_cpu.py", f"--model={tmp_path / 'model'}",
                   "--benchmark=tests/eval/data/humaneval_ex_sample.jsonl", f"--output_dir={tmp_path / 'eval'}")
     assert result.returncode == 1
-    assert (f"The model {tmp_path / 'model'} has vocab_size=256 but the tokenizer Tekken (" in result.stderr
-            and "has 131072 tokens" in result.stderr), result.stderr[-2000:]
+    assert (f"evaluate.py: error: --model={tmp_path / 'model'} has a vocabulary of 256 tokens, Hugging Face "
+            "tokenizer (" in result.stderr and "SmolLM2" in result.stderr
+            and "(the folder has no tokenizer.json) has 49152: they do not belong together. Add the model's own "
+            "tokenizer.json to it." in result.stderr), result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -4,11 +4,13 @@ assistant masks), Tekken against mistral-common; special tokens written in code 
 gets the tokenizer that belongs to it."""
 
 import pickle
+import re
 import shutil
 
 import numpy as np
 import pytest
 import transformers
+import xxhash
 
 from devstral_jax.config import preset
 from devstral_jax.data.records import Message, Record
@@ -192,18 +194,40 @@ def test_tekken_prompt_ends_the_user_turn(tekken):
 
 def test_each_model_gets_its_own_tokenizer(tmp_path, smollm2):
     ours, reference = smollm2
-    assert isinstance(model_tokenizer(None, "mistral"), TekkenTokenizer)
-    assert isinstance(model_tokenizer(tmp_path, "mistral"), TekkenTokenizer)  # a directory without one: the default
+    mistral, llama = preset("tiny"), preset("smollm2_135m")
+    assert isinstance(model_tokenizer(None, mistral, "tiny"), TekkenTokenizer)
+    assert isinstance(model_tokenizer(tmp_path, mistral, "tiny"), TekkenTokenizer)  # a directory without one: default
+    assert isinstance(model_tokenizer(None, llama, "smollm2"), HFTokenizer)
     assert isinstance(load_tokenizer(real_smollm2()), HFTokenizer)
     shutil.copy(PACKAGED_TEKKEN, tmp_path / "tekken.json")
     reference.save_pretrained(tmp_path)  # a directory with both: Tekken, as for Devstral's repos
-    assert isinstance(model_tokenizer(tmp_path, "llama"), TekkenTokenizer)
+    assert isinstance(model_tokenizer(tmp_path, mistral, "tiny"), TekkenTokenizer)
     (tmp_path / "tekken.json").unlink()
-    from_dir = model_tokenizer(tmp_path, "mistral")
+    from_dir = model_tokenizer(tmp_path, llama, "smollm2")
     assert isinstance(from_dir, HFTokenizer) and from_dir.encode(TRICKY) == ours.encode(TRICKY)
-    check_vocab(ours, preset("smollm2_135m"), "smollm2")
-    with pytest.raises(ConfigError, match=r"The model tiny has vocab_size=131072 but the tokenizer Hugging Face "
-                                          r"tokenizer \(.*SmolLM2.*\) has 49152 tokens"):
-        check_vocab(ours, preset("tiny"), "tiny")
+    check_vocab(ours, llama, "smollm2")
+    check_vocab(ours, preset("tiny"), "tiny")  # an embedding larger than the tokenizer's vocabulary (padded) holds it
+    with pytest.raises(ConfigError, match=r"smaller has a vocabulary of 1000 tokens, Hugging Face tokenizer "
+                                          r"\(.*SmolLM2.*\) has 49152: they do not belong together"):
+        check_vocab(ours, preset("smollm2_135m", vocab_size=1000), "smaller")
+    with pytest.raises(ConfigError, match=re.escape(f"smaller has a vocabulary of 1000 tokens, Hugging Face tokenizer "
+                                                    f"({tmp_path}) has 49152")):
+        model_tokenizer(tmp_path, preset("smollm2_135m", vocab_size=1000), "smaller")  # its own, too small
+    with pytest.raises(ConfigError, match=r"padded has a vocabulary of 131073 tokens, the packaged Tekken has 131072: "
+                                          r"they do not belong together"):
+        model_tokenizer(None, preset("tiny", vocab_size=131073), "padded")  # a default must match exactly
     with pytest.raises(ConfigError, match="No tokenizer at"):
         load_tokenizer(tmp_path / "absent")
+
+
+def test_digest_changes_with_what_decides_the_tokens(tmp_path, smollm2):
+    ours, reference = smollm2
+    # Tekken's is its file's digest, as run fingerprints recorded it before there were other tokenizers.
+    assert TekkenTokenizer().digest() == xxhash.xxh3_128_hexdigest(PACKAGED_TEKKEN.read_bytes())
+    assert ours.digest() == HFTokenizer(real_smollm2()).digest() != TekkenTokenizer().digest()
+    reference.save_pretrained(tmp_path / "same")
+    other = transformers.AutoTokenizer.from_pretrained(tmp_path / "same")
+    other.chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    other.save_pretrained(tmp_path / "other_template")
+    assert HFTokenizer(tmp_path / "same").digest() == HFTokenizer(tmp_path / "same").digest()
+    assert HFTokenizer(tmp_path / "other_template").digest() != HFTokenizer(tmp_path / "same").digest()

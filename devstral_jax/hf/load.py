@@ -49,7 +49,7 @@ class Loaded:
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         """The checkpoint's own tokenizer, else its family's default (read on first use: it takes a few seconds)."""
-        return model_tokenizer(self.path, self.config.family)
+        return model_tokenizer(self.path, self.config, self.path)
 
 
 def load(path: str | os.PathLike, *, format: str = "auto", mesh: Mesh | None = None, seed: int = 0,

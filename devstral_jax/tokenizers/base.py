@@ -31,6 +31,12 @@ class Tokenizer(abc.ABC):
     bos_id: int | None  # the token that starts a document, None when the model's documents start with none
     eos_id: int  # the token that ends a document or an assistant turn: generation stops there
     vocab_size: int  # token ids are < vocab_size, special tokens included
+    file_name: str  # the file a model directory keeps it in
+
+    @abc.abstractmethod
+    def digest(self) -> str:
+        """A digest of everything that decides its tokens (vocabulary, merges, chat template): a run's fingerprint
+        holds it, so a resume with another tokenizer is refused."""
 
     @abc.abstractmethod
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:

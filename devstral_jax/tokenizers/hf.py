@@ -17,12 +17,14 @@ differ from `apply_chat_template`, both so that training sees what the model sho
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import TYPE_CHECKING, Sequence
 
 import jinja2
 import tokenizers
+import xxhash
 
 from devstral_jax.data.records import Message
 from devstral_jax.errors import ConfigError, DataError
@@ -37,6 +39,8 @@ FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")  # StarCoder's, wh
 
 class HFTokenizer(Tokenizer):
     """The tokenizer of a model directory (tokenizer.json + tokenizer_config.json) or of a GGUF file."""
+
+    file_name = "tokenizer.json"
 
     def __init__(self, source: str | os.PathLike):
         self.source = os.fspath(source)
@@ -60,6 +64,10 @@ class HFTokenizer(Tokenizer):
         vocab = self._text.get_vocab(with_added_tokens=True)
         fim_ids = [vocab.get(token) for token in FIM_TOKENS]
         self._fim_ids = None if None in fim_ids else fim_ids
+
+    def digest(self) -> str:
+        return xxhash.xxh3_128_hexdigest("\0".join([self._text.to_str(), self._chat_template or "",
+                                                     json.dumps(self._template_variables, sort_keys=True)]).encode())
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         ids = self._text.encode(text, add_special_tokens=False).ids

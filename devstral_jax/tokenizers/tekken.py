@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import xxhash
 from mistral_common.protocol.fim.request import FIMRequest
 from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
 from mistral_common.protocol.instruct.request import InstructRequest
@@ -22,13 +23,18 @@ from devstral_jax.tokenizers.base import Tokenizer
 class TekkenTokenizer(Tokenizer):
     """Tekken from `path` (a tekken.json or a directory holding one); default: the file packaged with mistral-common."""
 
+    file_name = "tekken.json"
+
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = tekken_file(path)
-        self.name = f"Tekken ({self.path})"
+        self.name = "the packaged Tekken" if not path else f"Tekken ({self.path})"
         self._instruct = MistralTokenizer.from_file(str(self.path)).instruct_tokenizer
         self._tekken = self._instruct.tokenizer
         self.bos_id, self.eos_id = self._tekken.bos_id, self._tekken.eos_id
         self.vocab_size = self._tekken.n_words
+
+    def digest(self) -> str:
+        return xxhash.xxh3_128_hexdigest(self.path.read_bytes())
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         return self._tekken.encode(text, bos=bos, eos=eos)
