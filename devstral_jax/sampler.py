@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from typing import Callable, Protocol, Sequence, TextIO
+from typing import Callable, Sequence, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from devstral_jax import sharding
 from devstral_jax.errors import ConfigError
 from devstral_jax.model import KVCache, Transformer, init_cache
+from devstral_jax.tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +64,6 @@ class Completion:
 
 
 Stream = Callable[[list[list[int]]], None]  # called with each prompt's new tokens after every device call
-
-
-class Tokenizer(Protocol):
-    eos_id: int
-
-    def encode(self, text: str, bos: bool, eos: bool) -> list[int]: ...
-
-    def decode(self, tokens: list[int]) -> str: ...
 
 
 class TextStream:

@@ -1,6 +1,6 @@
 """Evaluates a model by running what it writes: sample completions, execute them against ExUnit tests, report.
 
-    python launch/evaluate.py --config=configs/eval_tiny_cpu.py --model=<HF dir | random:<preset>> \
+    python launch/evaluate.py --config=configs/eval_tiny_cpu.py --model=<HF dir | GGUF | workdir | random:<preset>> \
         --benchmark=humaneval-elixir.jsonl [--benchmark=...] [--doctest_records='shards/*.jsonl'] \
         [--perplexity_records='shards/*.jsonl'] --output_dir=eval_out
 
@@ -25,9 +25,9 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import jax
+import ml_collections
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
@@ -44,12 +44,12 @@ from devstral_jax.eval.sample_store import SampleStore, model_marker, problems_d
 from devstral_jax.hf.load import load as load_hf
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
-from devstral_jax.tokenizer import load_tekken
-from devstral_jax.train.trainer import restore_trained_model
+from devstral_jax.tokenizers import Tokenizer, model_tokenizer
+from devstral_jax.train.trainer import restore_trained_model, run_tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/eval_tiny_cpu.py.")
-_MODEL = flags.DEFINE_string("model", None, "An HF model directory, a training workdir, or random:<preset> "
-                             "(random weights, for tests).")
+_MODEL = flags.DEFINE_string("model", None, "An HF model directory, a GGUF file, a training workdir, or "
+                             "random:<preset> (random weights, for tests).")
 _BENCHMARKS = flags.DEFINE_multi_string("benchmark", [], "A MultiPL-E-format JSONL benchmark (repeatable).")
 _COMPLETIONS = flags.DEFINE_string("completions", None, "Score the completions in this JSONL file instead of sampling.")
 _DOCTEST_RECORDS = flags.DEFINE_multi_string("doctest_records", [], "Glob of record JSONL shards: build the "
@@ -70,7 +70,7 @@ class Evaluation:
     doctest_sources: list[tuple[str, str]] | None = None  # held-out .ex files: the doctest benchmark's source
     perplexity_texts: list[str] | None = None
     model: Transformer | None = None
-    tokenizer: Any = None
+    tokenizer: Tokenizer | None = None
 
 
 def setup(argv: list[str], config) -> Evaluation:
@@ -129,40 +129,28 @@ def _check_flags(argv: list[str], settings) -> None:
         logging.warning("num_samples=%d with greedy decoding: every sample is the same.", settings.num_samples)
 
 
-def load_model(spec: str, model_config: ModelConfig, seed: int):
-    """(model, tokenizer) for `--model`: an HF directory, a training workdir (base + trained adapters), or
-    `random:<preset>`."""
+def load_model(spec: str, model_config: ModelConfig, seed: int) -> tuple[Transformer, Tokenizer]:
+    """(model, its tokenizer) for `--model`: an HF directory, a GGUF file, a training workdir (base + trained
+    adapters), or `random:<preset>`. The tokenizer is the model's own (else its family's default) and must have the
+    model's vocabulary."""
     execution = {name: getattr(model_config, name) for name in EXECUTION_FIELDS}
     if spec.startswith("random:"):
         name = spec.removeprefix("random:")
         if name not in PRESETS:
             raise FlagError(f"--model=random:{name}: unknown preset; choose one of {sorted(PRESETS)}.")
-        return Transformer(preset(name, **execution), rngs=nnx.Rngs(seed)), load_tekken()
-    path = Path(spec)
-    if not path.is_dir():
-        raise FlagError(f"--model={spec}: no such directory (pass an HF model directory or random:<preset>).")
-    if (path / "checkpoints").is_dir():
-        model, _, _ = restore_trained_model(str(path))
-        return model, _checked_vocab(model, load_tekken(), f"--model={spec}", "the packaged Tekken", exact=False)
-    if not (path / "config.json").is_file() and not (path / "params.json").is_file():
-        raise FlagError(f"--model={spec} is neither a model directory (config.json or params.json) nor a "
-                        "training workdir (checkpoints/).")
-    loaded = load_hf(path, seed=seed, **execution)
-    if loaded.tokenizer is not None:
-        return loaded.model, _checked_vocab(loaded.model, loaded.tokenizer, f"--model={spec}", "its tekken.json",
-                                            exact=False)
-    return loaded.model, _checked_vocab(loaded.model, load_tekken(), f"--model={spec}",
-                                        "the packaged Tekken (the folder has no tekken.json)", exact=True)
-
-
-def _checked_vocab(model: Transformer, tokenizer, model_name: str, tokenizer_name: str, exact: bool):
-    """`tokenizer`, if `model` can use it: its embedding must hold every token id, and a tokenizer the folder does
-    not name (a fallback) must match the vocabulary exactly, or scores would silently be for the wrong text."""
-    model_vocab, tokenizer_vocab = model.config.vocab_size, tokenizer.n_words
-    if model_vocab < tokenizer_vocab or (exact and model_vocab != tokenizer_vocab):
-        raise FlagError(f"{model_name} has a vocabulary of {model_vocab} tokens, {tokenizer_name} has "
-                        f"{tokenizer_vocab}: they do not belong together. Add the model's own tekken.json to it.")
-    return tokenizer
+        config = preset(name, **execution)
+        return Transformer(config, rngs=nnx.Rngs(seed)), model_tokenizer(None, config, f"--model={spec}")
+    if (Path(spec) / "checkpoints").is_dir():
+        model, config, meta = restore_trained_model(spec)
+        return model, run_tokenizer(ml_collections.ConfigDict(meta["config"]), config)
+    if Path(spec).is_file() or (Path(spec) / "config.json").is_file() or (Path(spec) / "params.json").is_file():
+        loaded = load_hf(spec, seed=seed, **execution)
+        return loaded.model, model_tokenizer(spec, loaded.config, f"--model={spec}")
+    if not Path(spec).exists():
+        raise FlagError(f"--model={spec}: no such file or directory (pass an HF model directory, a GGUF file, a "
+                        "training workdir or random:<preset>).")
+    raise FlagError(f"--model={spec} is neither a model directory (config.json or params.json), a GGUF file, "
+                    "nor a training workdir (checkpoints/).")
 
 
 def sample_completions(sampler: Sampler, problems: list[Problem], settings, seed: int,

@@ -1,10 +1,11 @@
-"""Greedy generation from a Devstral-architecture model with the KV-cache `Sampler`, printed as it is produced.
+"""Greedy generation from a model with the KV-cache `Sampler`, printed as it is produced.
 
     python launch/generate.py --config=configs/tiny_cpu.py [--workdir=DIR] [--config.generate.prompt='...']
 
 With --workdir, the model of that training run (its base + trained adapters); without, the config's model
 with random weights (noise, but the whole path config -> model -> jit -> tokenizer runs). The prompt is
-encoded with the real Tekken tokenizer; the completion (`config.generate.max_new_tokens` tokens, fewer if
+encoded with the model's real tokenizer (its base's own, else its family's: Tekken for Mistral, SmolLM2's
+for Llama); the completion (`config.generate.max_new_tokens` tokens, fewer if
 the model emits EOS) streams to the terminal after every device call, then its token ids and text are listed:
 exactly what `Sampler.generate` returns for that prompt.
 """
@@ -15,17 +16,18 @@ import sys
 import time
 
 import jax
+import ml_collections
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
 from devstral_jax.cli import run
 from devstral_jax.config import from_config_dict
-from devstral_jax.errors import ConfigError, FlagError
+from devstral_jax.errors import FlagError
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig, TextStream
-from devstral_jax.tokenizer import load_tekken
-from devstral_jax.train.trainer import restore_trained_model
+from devstral_jax.tokenizers import model_tokenizer
+from devstral_jax.train.trainer import restore_trained_model, run_tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/tiny_cpu.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir to sample from (default: random weights).")
@@ -38,19 +40,17 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     model_config = from_config_dict(config.model)
     if _WORKDIR.value:
-        model, model_config, _ = restore_trained_model(_WORKDIR.value)
+        model, model_config, meta = restore_trained_model(_WORKDIR.value)
         weights = f"trained adapters from {_WORKDIR.value}"
+        tokenizer = run_tokenizer(ml_collections.ConfigDict(meta["config"]), model_config)
     else:
         model, weights = Transformer(model_config, rngs=nnx.Rngs(config.seed)), "random weights"
-    tokenizer = load_tekken()
-    if model_config.vocab_size < tokenizer.n_words:
-        raise ConfigError(f"The model's vocab_size={model_config.vocab_size} is smaller than Tekken's "
-                          f"{tokenizer.n_words} tokens.")
+        tokenizer = model_tokenizer(None, model_config, "config.model")
     prompt = config.generate.prompt
     print(f"model: {model_config.num_params:,} parameters ({model_config.num_layers} layers, hidden "
           f"{model_config.hidden_size}, {model_config.num_heads}/{model_config.num_kv_heads} heads), "
           f"{weights}, on {jax.devices()[0].platform}")
-    print(f"prompt: {len(tokenizer.encode(prompt, bos=True, eos=False))} Tekken tokens")
+    print(f"prompt: {len(tokenizer.encode(prompt, bos=True, eos=False))} tokens of {tokenizer.name}")
     sys.stdout.write(prompt)
     stream = TextStream(tokenizer.decode)
     start = time.perf_counter()

@@ -64,7 +64,7 @@ def test_the_same_place_raising_a_user_error_is_one_line(tmp_path):
     ("--config.train.stepz=3", """no config key 'stepz' Did you mean "steps" instead of "stepz"?"""),
     ("--config.data.train_paths=('{absent}',)", "No training shards at '{absent}'"),
     ("--config.data.validation_paths=('{absent}',)", "No training shards at '{absent}'"),
-    ("--config.data.tokenizer={absent}", "No Tekken tokenizer at {absent}"),
+    ("--config.data.tokenizer={absent}", "No tokenizer at {absent}"),
     ("--config.train.init_adapters_from={absent}", "init_adapters_from='{absent}' is not a training workdir"),
 ])
 def test_training_mistakes_are_one_line_before_the_first_step(tmp_path, flag, message):

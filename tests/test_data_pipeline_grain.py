@@ -10,14 +10,15 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from devstral_jax.data.pipeline import DataError, DataSpec, make_dataset, read_records, shard_files
 from devstral_jax.data.records import Record
-from devstral_jax.data.tokenize import RecordTokenizer, training_windows
+from devstral_jax.data.tokenize import training_windows
+from devstral_jax.tokenizers import TekkenTokenizer
 
 SOURCE = {"kind": "local", "package": "demo", "version": "0", "path": "lib/demo.ex", "licence": "MIT", "url": ""}
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> RecordTokenizer:
-    return RecordTokenizer()
+def tokenizer() -> TekkenTokenizer:
+    return TekkenTokenizer()
 
 
 def _record(kind: str, **payload) -> Record:
@@ -33,20 +34,21 @@ def test_chat_loss_mask_covers_exactly_the_assistant_turns(tokenizer):
         {"role": "assistant", "content": "Enum.reverse(list)"},
         {"role": "user", "content": "Now sum it."},
         {"role": "assistant", "content": "Enum.sum(list)"}])
-    tokens, mask = tokenizer(record)
+    tokens, mask = tokenizer.encode_record(record)
     trained = tokens[mask == 1].tolist()
-    expected = [*tokenizer.encode_text("Enum.reverse(list)"), tokenizer.eos_id,
-                *tokenizer.encode_text("Enum.sum(list)"), tokenizer.eos_id]
+    expected = [*tokenizer.encode("Enum.reverse(list)"), tokenizer.eos_id,
+                *tokenizer.encode("Enum.sum(list)"), tokenizer.eos_id]
     assert trained == expected
     assert tokens[0] == tokenizer.bos_id and mask[0] == 0
 
 
 def test_text_and_fim_masks(tokenizer):
-    tokens, mask = tokenizer(_record("text", text="defmodule A do\nend\n"))
+    tokens, mask = tokenizer.encode_record(_record("text", text="defmodule A do\nend\n"))
     assert tokens[0] == tokenizer.bos_id and tokens[-1] == tokenizer.eos_id
     assert mask.tolist() == [0] + [1] * (len(tokens) - 1)
-    tokens, mask = tokenizer(_record("fim", prefix="def add(a, b) do\n  ", suffix="\nend\n", middle="a + b"))
-    assert tokens[mask == 1].tolist() == [*tokenizer.encode_text("a + b"), tokenizer.eos_id]
+    tokens, mask = tokenizer.encode_record(_record("fim", prefix="def add(a, b) do\n  ", suffix="\nend\n",
+                                                   middle="a + b"))
+    assert tokens[mask == 1].tolist() == [*tokenizer.encode("a + b"), tokenizer.eos_id]
     assert mask[: np.argmax(mask)].sum() == 0
 
 

@@ -10,6 +10,7 @@ from devstral_jax.config import preset, to_hf_config
 from devstral_jax.hf import param_map
 from devstral_jax.model import Transformer
 from tests.model_helpers import TINY, hf_logits, hf_model, max_relative_error, ours_from_hf
+from tests.model_helpers import padded_batch
 
 RTOL = 1e-4
 
@@ -40,13 +41,7 @@ def test_logits_match_transformers_with_sliding_window_shorter_than_sequence():
 def test_batch_with_left_and_right_padding_matches_transformers():
     config = TINY
     hf = hf_model(config, seed=2)
-    rng = np.random.default_rng(2)
-    tokens = rng.integers(0, config.vocab_size, (3, 24))
-    # Row 0 full; row 1 left-padded by 9 (generation style); row 2 right-padded by 5 (training style).
-    mask = np.ones((3, 24), np.int64)
-    mask[1, :9] = 0
-    mask[2, 19:] = 0
-    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    tokens, mask, positions = padded_batch(config.vocab_size, seed=2)
     reference = hf_logits(hf, tokens, attention_mask=mask, position_ids=positions)
     ours = np.asarray(ours_from_hf(config, hf)(tokens, positions, mask)[0])
     real = mask.astype(bool)

@@ -26,8 +26,9 @@ import grain.experimental as grain_exp
 import numpy as np
 
 from devstral_jax.data.records import Record, RecordError
-from devstral_jax.data.tokenize import RecordTokenizer, training_windows
+from devstral_jax.data.tokenize import training_windows
 from devstral_jax.errors import DataError
+from devstral_jax.tokenizers import Tokenizer
 
 MAX_WINDOWS_PER_RECORD = 256  # a record longer than this many rows is cut (and counted in the log)
 FEATURES = ("inputs", "targets", "loss_mask")
@@ -111,11 +112,11 @@ def _decode(raw: bytes) -> Record:
 class _ToWindows(grain_exp.FlatMapTransform):
     max_fan_out = MAX_WINDOWS_PER_RECORD
 
-    def __init__(self, tokenizer: RecordTokenizer, seq_len: int):
+    def __init__(self, tokenizer: Tokenizer, seq_len: int):
         self.tokenizer, self.seq_len = tokenizer, seq_len
 
     def flat_map(self, record: Record) -> list[dict[str, np.ndarray]]:
-        windows = training_windows(*self.tokenizer(record), self.seq_len)
+        windows = training_windows(*self.tokenizer.encode_record(record), self.seq_len)
         if len(windows) > MAX_WINDOWS_PER_RECORD:
             logging.warning("Record %s spans %d rows; keeping the first %d.", record.id, len(windows),
                             MAX_WINDOWS_PER_RECORD)
@@ -130,7 +131,7 @@ def _to_step_batch(rows: dict[str, np.ndarray], microbatches: int) -> dict[str, 
     return {k: v.reshape(microbatches, -1, *v.shape[1:]).astype(np.int32) for k, v in batch.items()}
 
 
-def make_dataset(spec: DataSpec, tokenizer: RecordTokenizer, process_index: int = 0,
+def make_dataset(spec: DataSpec, tokenizer: Tokenizer, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
     """The batches of `spec` for this process: dicts of int32 `[microbatches, rows, seq_len]` arrays
     (`inputs`, `targets`, `loss_mask`, `segment_ids`, `positions`)."""

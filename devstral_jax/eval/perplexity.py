@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from devstral_jax.errors import DataError
 from devstral_jax.model import Transformer
-from devstral_jax.sampler import Tokenizer
+from devstral_jax.tokenizers import Tokenizer
 
 _LOGITS_SLICE = 128  # positions whose logits exist at the same time
 

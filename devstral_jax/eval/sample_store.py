@@ -22,8 +22,11 @@ from devstral_jax.errors import StaleSamplesError
 
 def model_marker(spec: str) -> list:
     """What identifies `--model=spec` beyond its name: (path, size, mtime) of the files it is loaded from
-    (for a training workdir, its checkpoints), so retraining or replacing weights changes the fingerprint."""
+    (for a training workdir, its checkpoints; a GGUF is one file), so retraining or replacing weights changes the
+    fingerprint."""
     path = Path(spec)
+    if path.is_file():
+        return [[path.name, path.stat().st_size, path.stat().st_mtime_ns]]
     if not path.is_dir():
         return []
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path

@@ -2,9 +2,10 @@
 
 A merged export is a stream of HF tensors (`(hf_name, [out, in] array)`, in `param_names` order) with the
 LoRA update already added, written to `model-0000k-of-0000n.safetensors` shards of at most
-`max_shard_bytes` plus the index, `config.json` (MistralForCausalLM), `generation_config.json`, the
-tokenizer files (Tekken, and a `tokenizer.json` converted from it by transformers when the base has
-none) and a model card. Two sources of such streams:
+`max_shard_bytes` plus the index, `config.json` (MistralForCausalLM or LlamaForCausalLM, the config's
+family), `generation_config.json`, the tokenizer files (Tekken, and a `tokenizer.json` converted from it by
+transformers when the base has none; a Llama base's tokenizer.json, or the one transformers builds from a
+GGUF base) and a model card. Two sources of such streams:
 
 - `merged_checkpoint_tensors(base, adapter)`: the original base checkpoint, read tensor by tensor, plus
   the adapter: exact (the bf16 base, not its NF4 copy) and bounded by a few tensors of host memory, so
@@ -35,6 +36,7 @@ from devstral_jax.hf.param_map import hf_shapes
 from devstral_jax.hf.peft import Adapter
 from devstral_jax.hf.safetensors_io import SafetensorsWriter
 from devstral_jax.tokenizer import PACKAGED_TEKKEN
+from devstral_jax.tokenizers.hf import transformers_tokenizer
 
 MAX_SHARD_BYTES = 5 * 10**9  # the Hub's (and transformers' save_pretrained) customary shard size
 DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
@@ -57,11 +59,23 @@ def tokenizer_files(base_dir: str) -> list[str]:
     return found or [str(PACKAGED_TEKKEN)]
 
 
+def gguf_tokenizer_files(gguf_file: str, directory: str) -> tuple[list[str], str]:
+    """A GGUF base's tokenizer as the files a merged export ships (written into `directory`): what transformers builds
+    from the GGUF's metadata (tokenizer.json, tokenizer_config.json, the chat template), and a
+    generation_config.json with its BOS/EOS ids. Returns (tokenizer files, generation config file)."""
+    tokenizer = transformers_tokenizer(gguf_file)
+    tokenizer.save_pretrained(directory)
+    generation_config = os.path.join(directory, "generation_config.json")
+    _write_json(generation_config, {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id})
+    files = [os.path.join(directory, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, f))]
+    return files, generation_config
+
+
 def save_merged(out_dir: str | os.PathLike, config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], *,
                 dtype: str = "bfloat16", tokenizer: Sequence[str] = (str(PACKAGED_TEKKEN),),
                 generation_config: str | None = None, readme: str | None = None,
                 max_shard_bytes: int = MAX_SHARD_BYTES, overwrite: bool = False, progress: bool = True) -> None:
-    """Writes a `MistralForCausalLM` directory from an HF tensor stream; see the module docstring.
+    """Writes a `MistralForCausalLM` / `LlamaForCausalLM` directory from an HF tensor stream; see the module docstring.
 
     `tokenizer` lists the files to ship beside the weights (see `tokenizer_files`; default: Tekken);
     `generation_config` is the base's generation_config.json to copy (default: just BOS/EOS ids).

@@ -6,7 +6,10 @@ etc. (the `gguf` package's own name map), and q/k rows in interleaved RoPE order
 pairs), i.e. HF's weights permuted back as in Mistral's consolidated format. Norms stay float32; the
 matrices are F16 or Q8_0 (blocks of 32 weights sharing one f16 scale, 8.5 bits per weight). The
 tokenizer is Tekken as llama.cpp reads it: a byte-level BPE (`gpt2` model, `tekken` pre-tokenizer)
-whose tokens, types and merges come from `tekken.json` through gguf's `MistralVocab`.
+whose tokens, types and merges come from `tekken.json` through gguf's `MistralVocab`. A Llama-family model
+exported from a GGUF base (SmolLM2) takes its base's tokenizer metadata (vocabulary, merges, special ids,
+chat template) as it is; a model with tied embeddings has no `output.weight` (llama.cpp then uses
+`token_embd`).
 
 Tensors arrive as a stream (see export.py), so a 24B model converts with a few tensors in memory; the
 file is written under a temporary name and renamed when complete.
@@ -42,9 +45,13 @@ OUTTYPES = {
 def save_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], *,
               tokenizer: str, outtype: str = "q8_0", name: str = "devstral-elixir", overwrite: bool = False,
               progress: bool = True) -> None:
-    """Writes a GGUF file from an HF tensor stream (`param_names` order) and a `tekken.json`."""
+    """Writes a GGUF file from an HF tensor stream (`param_names` order) and a tokenizer: a `tekken.json`, or a GGUF
+    file whose tokenizer metadata is copied."""
     if outtype not in OUTTYPES:
         raise ExportError(f"Unknown GGUF type {outtype!r}; choose one of {sorted(OUTTYPES)}.")
+    if config.rope_scaling is not None:
+        raise ExportError("GGUF export of a model with RoPE scaling (Llama 3.1+) is not implemented; export the "
+                          "merged directory and convert it with llama.cpp's convert_hf_to_gguf.py.")
     matrix_type, file_type = OUTTYPES[outtype]
     if config.sliding_window is not None:
         logging.warning("llama.cpp's llama architecture has no sliding window: the GGUF attends over the whole "
@@ -58,7 +65,10 @@ def save_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Iterable[tu
         writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         try:
             _add_metadata(writer, config, name, file_type)
-            _add_tokenizer(writer, tokenizer, config.vocab_size)
+            if tokenizer.endswith(".gguf"):
+                _copy_gguf_tokenizer(writer, tokenizer, config.vocab_size)
+            else:
+                _add_tokenizer(writer, tokenizer, config.vocab_size)
             for n in names:
                 kind = types[n.hf_name]
                 writer.add_tensor_info(_gguf_name(gguf_names, n.module), *_stored_layout(shapes[n.hf_name], kind),
@@ -156,3 +166,15 @@ def _add_tokenizer(writer: gguf.GGUFWriter, tekken_file: str, vocab_size: int) -
     writer.add_pad_token_id(vocab.pad_id)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+
+
+def _copy_gguf_tokenizer(writer: gguf.GGUFWriter, gguf_file: str, vocab_size: int) -> None:
+    """Every `tokenizer.*` key of a GGUF file (the base's: vocabulary, merges, special ids, chat template) as it is."""
+    fields = {key: field for key, field in gguf.GGUFReader(gguf_file).fields.items() if key.startswith("tokenizer.")}
+    tokens = fields["tokenizer.ggml.tokens"].contents() if "tokenizer.ggml.tokens" in fields else []
+    if len(tokens) != vocab_size:
+        raise ExportError(f"{gguf_file} has {len(tokens)} tokens but the model's vocabulary is {vocab_size}; "
+                          "llama.cpp needs them equal.")
+    for key, field in fields.items():
+        array = field.types[0] == gguf.GGUFValueType.ARRAY
+        writer.add_key_value(key, field.contents(), field.types[0], sub_type=field.types[-1] if array else None)

@@ -1,4 +1,5 @@
-"""Loads a Devstral/Mistral checkpoint directory into our model, streamed: host memory stays a few tensors.
+"""Loads a checkpoint (HF or consolidated directory, or GGUF file) into our model, streamed: host memory stays a few
+tensors.
 
 The model is built abstractly (`nnx.eval_shape`: shapes only, nothing allocated), then each parameter is
 filled on its devices. For a stacked (scanned) parameter we allocate the `[layers, ...]` array sharded as
@@ -24,7 +25,6 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 from tqdm import tqdm
 
 from devstral_jax import sharding
@@ -36,7 +36,7 @@ from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
 from devstral_jax.quant import formats
 from devstral_jax.quant.report import QuantRow, format_table, measure
-from devstral_jax.tokenizer import load_tekken
+from devstral_jax.tokenizers import Tokenizer, model_tokenizer
 
 
 @dataclasses.dataclass
@@ -44,17 +44,18 @@ class Loaded:
     model: Transformer
     config: ModelConfig
     quant_report: list[QuantRow]  # one row per quantized tensor (empty when nothing is quantized)
-    tokenizer_file: str | None  # the directory's tekken.json, if it has one
+    path: str  # the checkpoint
 
     @functools.cached_property
-    def tokenizer(self) -> Tekkenizer | None:
-        """The directory's Tekken tokenizer (read on first use: it takes a few seconds)."""
-        return load_tekken(self.tokenizer_file) if self.tokenizer_file else None
+    def tokenizer(self) -> Tokenizer:
+        """The checkpoint's own tokenizer, else its family's default (read on first use: it takes a few seconds)."""
+        return model_tokenizer(self.path, self.config, self.path)
 
 
 def load(path: str | os.PathLike, *, format: str = "auto", mesh: Mesh | None = None, seed: int = 0,
          progress: bool = True, **execution: Any) -> Loaded:
-    """Loads the checkpoint at `path` (HF or consolidated, see model_dir.py) onto `mesh` (default: the first device).
+    """Loads the checkpoint at `path` (HF, consolidated or GGUF, see model_dir.py) onto `mesh` (default: the first
+    device).
 
     Each array is placed by sharding.py's logical-axis rules on `mesh`. `execution` sets ModelConfig's
     execution fields, e.g. `param_dtype="bfloat16", mlp_storage="nf4", lora_rank=16`; `seed` initialises LoRA
@@ -78,7 +79,7 @@ def load(path: str | os.PathLike, *, format: str = "auto", mesh: Mesh | None = N
         if isinstance(variable, nnx.Variable) and isinstance(variable.get_value(), jax.ShapeDtypeStruct):
             # A bug here, not a problem of the input.
             raise RuntimeError(f"Parameter {'/'.join(map(str, variable_path))} was not loaded.")
-    return Loaded(model, config, report, model_dir.tokenizer_file)
+    return Loaded(model, config, report, model_dir.path)
 
 
 def _targets(model: Transformer, names: list[ParamName]) -> list[list[ParamName]]:

@@ -1,10 +1,12 @@
-"""A model directory on disk, in either format the Devstral repos ship, seen as HF tensors.
+"""A checkpoint on disk, in any format we read, seen as HF tensors.
 
 - Hugging Face: `config.json` + `model.safetensors`, or `model-0000k-of-0000n.safetensors` shards listed
   in `model.safetensors.index.json`.
 - Mistral consolidated: `params.json` + `consolidated.safetensors` (q/k rows in interleaved RoPE order).
+- GGUF: one `.gguf` file (llama.cpp's; metadata, tokenizer and quantized tensors, q/k rows interleaved; see
+  gguf_load.py).
 
-Opening reads only the config and the safetensors headers, and checks every tensor's presence, shape and
+Opening reads only the config and the tensor headers, and checks every tensor's presence, shape and
 dtype against the config, so a bad checkpoint fails in seconds, naming the tensor and file, before a byte
 of weights is read. `read` then returns one tensor at a time in HF names, layout and RoPE order.
 """
@@ -21,11 +23,11 @@ import numpy as np
 
 from devstral_jax.config import ConfigError, ModelConfig, load_hf_config
 from devstral_jax.errors import ModelDirError
-from devstral_jax.hf import consolidated
+from devstral_jax.hf import consolidated, gguf_load
 from devstral_jax.hf.param_map import ParamName, hf_shapes, param_names
 from devstral_jax.hf.safetensors_io import TensorInfo, read_header, read_tensor
 
-FORMATS = ("auto", "hf", "consolidated")
+FORMATS = ("auto", "hf", "consolidated", "gguf")
 HF_INDEX = "model.safetensors.index.json"
 _FLOAT_DTYPES = ("bfloat16", "float16", "float32", "float64")
 _MAX_LISTED = 8  # problems listed in one error before "... and N more"
@@ -33,17 +35,20 @@ _MAX_LISTED = 8  # problems listed in one error before "... and N more"
 
 @dataclasses.dataclass(frozen=True)
 class ModelDir:
-    path: str
-    format: str  # "hf" | "consolidated"
+    path: str  # the directory (the file, for GGUF)
+    format: str  # "hf" | "consolidated" | "gguf"
     config: ModelConfig
     names: list[ParamName]  # every tensor, in HF order
     stored: dict[str, TensorInfo]  # HF name -> where its bytes are (under its stored name)
+    gguf: gguf_load.GGUFFile | None = None  # the open file, for format "gguf"
 
     def read(self, name: ParamName) -> np.ndarray:
-        """One tensor in HF layout and RoPE order, in its stored dtype; nothing else is read or kept."""
-        tensor = read_tensor(self.stored[name.hf_name])
+        """One tensor in HF layout and RoPE order, in its stored dtype (float32 from GGUF); nothing else is read or
+        kept."""
+        info = self.stored[name.hf_name]
+        tensor = self.gguf.read(info.name) if self.format == "gguf" else read_tensor(info)
         heads = consolidated.rope_heads(name, self.config)
-        if self.format == "consolidated" and heads:
+        if self.format in ("consolidated", "gguf") and heads:
             tensor = consolidated.to_rotate_half(tensor, heads)
         return tensor
 
@@ -59,16 +64,19 @@ class ModelDir:
 
 
 def open_model_dir(path: str | os.PathLike, format: str = "auto", **execution: Any) -> ModelDir:
-    """Reads the config and the safetensors headers of a model directory and checks them against each other.
+    """Reads the config and the tensor headers of a checkpoint and checks them against each other.
 
-    `format` is "hf", "consolidated", or "auto" (HF when its files are present, else consolidated: the
-    Devstral repos ship both). `execution` sets ModelConfig's execution fields (dtype, storage, LoRA...).
+    `path` is a model directory or a `.gguf` file. `format` is "hf", "consolidated", "gguf", or "auto" (GGUF
+    for a file; for a directory HF when its files are present, else consolidated: the Devstral repos ship
+    both). `execution` sets ModelConfig's execution fields (dtype, storage, LoRA...).
     """
     path = os.fspath(path)
     if format not in FORMATS:
         raise ModelDirError(f"Unknown checkpoint format {format!r}; choose one of {FORMATS}.")
+    if format == "gguf" or (format == "auto" and os.path.isfile(path)):
+        return _open_gguf(path, execution)
     if not os.path.isdir(path):
-        raise ModelDirError(f"No model directory at {path}.")
+        raise ModelDirError(f"No model directory at {path}, nor a GGUF file.")
     has_hf = os.path.isfile(os.path.join(path, "config.json")) and bool(_hf_files(path))
     has_consolidated = os.path.isfile(os.path.join(path, "params.json")) and bool(_consolidated_files(path))
     if format == "auto":
@@ -86,6 +94,15 @@ def open_model_dir(path: str | os.PathLike, format: str = "auto", **execution: A
     stored_names = {n.hf_name: n.hf_name if format == "hf" else n.consolidated_name for n in names}
     _check(path, config_file, config, stored, stored_names)
     return ModelDir(path, format, config, names, stored)
+
+
+def _open_gguf(path: str, execution: dict[str, Any]) -> ModelDir:
+    file = gguf_load.open_gguf(path)
+    config = gguf_load.config_from_gguf(file, **execution)
+    stored = gguf_load.tensor_infos(file, config)
+    names = param_names(config)
+    _check(path, "GGUF metadata", config, stored, {n.hf_name: n.gguf_name for n in names})
+    return ModelDir(path, "gguf", config, names, stored, file)
 
 
 def _hf_files(path: str) -> list[str]:

@@ -1,10 +1,12 @@
-"""The one mapping between Hugging Face `MistralForCausalLM` tensor names and our parameters.
+"""The one mapping between Hugging Face `MistralForCausalLM` / `LlamaForCausalLM` tensor names and our parameters.
 
 HF's `nn.Linear` stores `[out, in]`; our kernels are `[in, out]`, so projections and lm_head are
 transposed on the way in and out. With scanned layers, layer i of HF is row i of our stacked array.
-Each tensor also has its name in Mistral's consolidated format (same `[out, in]` layout; q/k rows in
-RoPE's interleaved order, see hf/consolidated.py). Import (streamed, quantizing) and export build on
-`param_names`; the whole-dict helpers below serve small models and tests.
+Each tensor also has its name in Mistral's consolidated format and in GGUF (llama.cpp's names; both
+`[out, in]` as stored, q/k rows in RoPE's interleaved order, see hf/consolidated.py). A model with tied
+embeddings has no `lm_head.weight` (GGUF: no `output.weight`): its logits use the embedding matrix.
+Import (streamed, quantizing) and export build on `param_names`; the whole-dict helpers below serve
+small models and tests.
 """
 
 from __future__ import annotations
@@ -21,23 +23,23 @@ from devstral_jax.config import ModelConfig
 from devstral_jax.model import Transformer
 from devstral_jax.model.linear import Linear, QuantizedKernel
 
-# HF suffix within `model.layers.{i}.` -> our path within a Block, whether it is transposed, and the
-# consolidated suffix within `layers.{i}.`.
+# HF suffix within `model.layers.{i}.` -> our path within a Block, whether it is transposed, the consolidated
+# suffix within `layers.{i}.` and the GGUF suffix within `blk.{i}.`.
 _LAYER_PARAMS = {
-    "self_attn.q_proj.weight": (("attn", "q_proj", "kernel"), True, "attention.wq.weight"),
-    "self_attn.k_proj.weight": (("attn", "k_proj", "kernel"), True, "attention.wk.weight"),
-    "self_attn.v_proj.weight": (("attn", "v_proj", "kernel"), True, "attention.wv.weight"),
-    "self_attn.o_proj.weight": (("attn", "o_proj", "kernel"), True, "attention.wo.weight"),
-    "mlp.gate_proj.weight": (("mlp", "gate_proj", "kernel"), True, "feed_forward.w1.weight"),
-    "mlp.up_proj.weight": (("mlp", "up_proj", "kernel"), True, "feed_forward.w3.weight"),
-    "mlp.down_proj.weight": (("mlp", "down_proj", "kernel"), True, "feed_forward.w2.weight"),
-    "input_layernorm.weight": (("input_norm", "scale"), False, "attention_norm.weight"),
-    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), False, "ffn_norm.weight"),
+    "self_attn.q_proj.weight": (("attn", "q_proj", "kernel"), True, "attention.wq.weight", "attn_q.weight"),
+    "self_attn.k_proj.weight": (("attn", "k_proj", "kernel"), True, "attention.wk.weight", "attn_k.weight"),
+    "self_attn.v_proj.weight": (("attn", "v_proj", "kernel"), True, "attention.wv.weight", "attn_v.weight"),
+    "self_attn.o_proj.weight": (("attn", "o_proj", "kernel"), True, "attention.wo.weight", "attn_output.weight"),
+    "mlp.gate_proj.weight": (("mlp", "gate_proj", "kernel"), True, "feed_forward.w1.weight", "ffn_gate.weight"),
+    "mlp.up_proj.weight": (("mlp", "up_proj", "kernel"), True, "feed_forward.w3.weight", "ffn_up.weight"),
+    "mlp.down_proj.weight": (("mlp", "down_proj", "kernel"), True, "feed_forward.w2.weight", "ffn_down.weight"),
+    "input_layernorm.weight": (("input_norm", "scale"), False, "attention_norm.weight", "attn_norm.weight"),
+    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), False, "ffn_norm.weight", "ffn_norm.weight"),
 }
 _GLOBAL_PARAMS = {
-    "model.embed_tokens.weight": (("embedder", "embedding"), False, "tok_embeddings.weight"),
-    "model.norm.weight": (("final_norm", "scale"), False, "norm.weight"),
-    "lm_head.weight": (("lm_head", "kernel"), True, "output.weight"),
+    "model.embed_tokens.weight": (("embedder", "embedding"), False, "tok_embeddings.weight", "token_embd.weight"),
+    "model.norm.weight": (("final_norm", "scale"), False, "norm.weight", "output_norm.weight"),
+    "lm_head.weight": (("lm_head", "kernel"), True, "output.weight", "output.weight"),
 }
 
 
@@ -50,6 +52,7 @@ class ParamName:
     layer: int | None  # None for embedding, final norm and lm_head
     transpose: bool  # HF [out, in] <-> ours [in, out]
     consolidated_name: str  # the same tensor in Mistral's consolidated.safetensors
+    gguf_name: str  # and in a GGUF file
 
     def hf_shape(self, our_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(reversed(our_shape)) if self.transpose else tuple(our_shape)
@@ -66,16 +69,18 @@ class ParamName:
 
 
 def param_names(config: ModelConfig) -> list[ParamName]:
-    """Every tensor of a `MistralForCausalLM` checkpoint for `config`, in HF's order."""
+    """Every tensor of a `MistralForCausalLM` / `LlamaForCausalLM` checkpoint for `config`, in HF's order."""
 
     def global_param(hf_name: str) -> ParamName:
-        path, transpose, consolidated = _GLOBAL_PARAMS[hf_name]
-        return ParamName(hf_name, path, None, transpose, consolidated)
+        path, transpose, consolidated, gguf_name = _GLOBAL_PARAMS[hf_name]
+        return ParamName(hf_name, path, None, transpose, consolidated, gguf_name)
 
-    layers = [ParamName(f"model.layers.{i}.{suffix}", path, i, transpose, f"layers.{i}.{consolidated}")
-              for i in range(config.num_layers) for suffix, (path, transpose, consolidated) in _LAYER_PARAMS.items()]
-    return [global_param("model.embed_tokens.weight"), *layers, global_param("model.norm.weight"),
-            global_param("lm_head.weight")]
+    layers = [ParamName(f"model.layers.{i}.{suffix}", path, i, transpose, f"layers.{i}.{consolidated}",
+                        f"blk.{i}.{gguf_suffix}")
+              for i in range(config.num_layers)
+              for suffix, (path, transpose, consolidated, gguf_suffix) in _LAYER_PARAMS.items()]
+    output = [] if config.tie_word_embeddings else [global_param("lm_head.weight")]
+    return [global_param("model.embed_tokens.weight"), *layers, global_param("model.norm.weight"), *output]
 
 
 def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -29,6 +29,7 @@ class Attention(nnx.Module):
                              lora=lora.adapter_settings(config, "o_proj"), **kw)
         self.head_dim = config.head_dim
         self.rope_theta = config.rope_theta
+        self.rope_scaling = config.rope_scaling
         self.sliding_window = config.sliding_window
         get_kernel(config.attention_impl)  # an unknown name fails here, at construction
         self.attention_impl = config.attention_impl
@@ -45,7 +46,8 @@ class Attention(nnx.Module):
         q = self.q_proj(x, lora.dropout_key(dropout_rng, "q_proj")).reshape(batch, seq, -1, self.head_dim)
         k = self.k_proj(x, lora.dropout_key(dropout_rng, "k_proj")).reshape(batch, seq, -1, self.head_dim)
         v = self.v_proj(x, lora.dropout_key(dropout_rng, "v_proj")).reshape(batch, seq, -1, self.head_dim)
-        q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
+        q = apply_rope(q, positions, self.rope_theta, self.rope_scaling)
+        k = apply_rope(k, positions, self.rope_theta, self.rope_scaling)
         kv_positions, kv_segment_ids = positions, segment_ids
         if cache is not None:
             cache = cache.append(k, v)

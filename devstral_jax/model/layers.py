@@ -1,4 +1,5 @@
-"""The small layers of the Mistral decoder: token embedding, RMSNorm and the SwiGLU MLP."""
+"""The small layers of the decoder: token embedding (and its transpose, the tied output layer), RMSNorm and the
+SwiGLU MLP."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ class Embed(nnx.Module):
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """`x @ embedding.T`: scores against every token's vector, the output layer of tied-embedding models."""
+        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
 
 
 class RMSNorm(nnx.Module):

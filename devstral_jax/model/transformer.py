@@ -1,4 +1,5 @@
-"""The Mistral/Devstral decoder: embedding, pre-norm blocks (scanned or unrolled, rematerialised), final norm, lm_head.
+"""The decoder (Mistral and Llama families): embedding, pre-norm blocks (scanned or unrolled, rematerialised), final
+norm, and lm_head (or, with tied embeddings, the embedding matrix transposed).
 
 One call serves training, evaluation and decoding, as in flax's examples/gemma:
 
@@ -66,8 +67,9 @@ class Transformer(nnx.Module):
         else:
             self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=param_dtype)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, axes=("embed", "vocab"), dtype=dtype,
-                              param_dtype=param_dtype, rngs=rngs, init_std=config.initializer_range)
+        self.lm_head = None if config.tie_word_embeddings else Linear(
+            config.hidden_size, config.vocab_size, axes=("embed", "vocab"), dtype=dtype, param_dtype=param_dtype,
+            rngs=rngs, init_std=config.initializer_range)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  cache: KVCache | None = None, *, dropout_rng: jax.Array | None = None,
@@ -95,6 +97,8 @@ class Transformer(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits of final-normed hidden states: the chunked loss and the sampler apply it to slices."""
+        if self.lm_head is None:
+            return self.embedder.attend(hidden).astype(jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)
 
     def _blocks(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None,

@@ -27,7 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(
         train_paths=("devstral_jax/data/sample/sample.jsonl",),
         validation_paths=("devstral_jax/data/sample/sample.jsonl",),
-        tokenizer="",  # a tekken.json; empty: the base dir's, else the one packaged with mistral-common
+        tokenizer="",  # a tekken.json, tokenizer.json, GGUF or model dir; empty: the base's own, else the family's
         seq_len=512, batch_size=8, microbatches=1, packing_bins=16, worker_count=0, shuffle=True,
     ))
     config.optim = optim.default_config()

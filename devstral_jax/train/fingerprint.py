@@ -5,8 +5,8 @@ Fingerprinted (a change makes the resumed run differ from an uninterrupted one):
 `config.model` field except how the same math is scheduled (`scan_layers`, `remat_policy`,
 `attention_impl`); every `config.optim` field; `train.steps` (the learning-rate schedule's horizon: to
 extend a run, allow it); the data's `seq_len`, `batch_size`, `microbatches`, `packing_bins`, `shuffle`, the
-shard paths of both splits and a digest of the shard files; the tokenizer file's digest. The frozen base is
-checked separately, by its own fingerprint (checkpoint.base_fingerprint).
+shard paths of both splits and a digest of the shard files; the tokenizer's digest (`Tokenizer.digest`). The
+frozen base is checked separately, by its own fingerprint (checkpoint.base_fingerprint).
 
 Never fingerprinted, free to change between runs: `train.stop_at`, `log_every`, `eval_every`,
 `eval_batches`, `checkpoint_every`, `keep_checkpoints`, `async_checkpoint`, `max_bad_steps`,
@@ -35,7 +35,7 @@ _DATA_FIELDS = ("seq_len", "batch_size", "microbatches", "packing_bins", "shuffl
 _SAMPLE_BYTES = 1 << 20  # of each shard file's head and tail: what a rebuilt shard changes, read cheaply
 
 
-def run_fingerprint(config: ml_collections.ConfigDict, tokenizer_file: Path) -> dict[str, Any]:
+def run_fingerprint(config: ml_collections.ConfigDict, tokenizer_digest: str) -> dict[str, Any]:
     """{field: value} of everything that shapes what the run computes (see the module docstring)."""
     fields: dict[str, Any] = {"seed": config.seed, "train.steps": config.train.steps}
     fields.update({f"model.{k}": v for k, v in config.model.to_dict().items() if k not in _SCHEDULING_ONLY})
@@ -43,7 +43,7 @@ def run_fingerprint(config: ml_collections.ConfigDict, tokenizer_file: Path) -> 
     fields.update({f"data.{k}": config.data[k] for k in _DATA_FIELDS})
     for split in ("train", "validation"):
         fields[f"data.{split}_shards"] = _shards_digest(tuple(config.data[f"{split}_paths"]), split)
-    fields["data.tokenizer"] = xxhash.xxh3_128_hexdigest(Path(tokenizer_file).read_bytes())
+    fields["data.tokenizer"] = tokenizer_digest
     return json.loads(json.dumps(fields))  # tuples as lists, as they come back from a checkpoint
 
 

@@ -34,12 +34,11 @@ from devstral_jax import sharding
 from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
 from devstral_jax.data.pipeline import DataSpec, make_dataset
-from devstral_jax.data.tokenize import RecordTokenizer
 from devstral_jax.errors import CheckpointError, TrainingError
 from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
-from devstral_jax.tokenizer import tekken_file
+from devstral_jax.tokenizers import Tokenizer, check_vocab, load_tokenizer, model_tokenizer
 from devstral_jax.train import config as train_config
 from devstral_jax.train.fingerprint import allowed_changes, differences, run_fingerprint
 from devstral_jax.train.metrics_log import MetricsLog
@@ -83,6 +82,18 @@ def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
     out_shardings = (sharding.state_shardings(abstract_lora, mesh), sharding.state_shardings(abstract_frozen, mesh))
     lora, frozen = jax.jit(create, out_shardings=out_shardings)()
     return graphdef, lora, frozen, f"random(seed={config.seed})"
+
+
+def run_tokenizer(config: ml_collections.ConfigDict, model_config: ModelConfig) -> Tokenizer:
+    """The run's tokenizer: `config.data.tokenizer` if set, else the base checkpoint's own, else the model family's
+    packaged default; the model's embedding must hold its vocabulary (a default's must match it exactly)."""
+    if config.data.tokenizer:
+        tokenizer = load_tokenizer(config.data.tokenizer)
+        check_vocab(tokenizer, model_config, "config.model")
+        return tokenizer
+    if config.base == "random":
+        return model_tokenizer(None, model_config, "config.model")
+    return model_tokenizer(config.base, model_config, f"config.base={config.base}")
 
 
 def train_step_and_state(config: ml_collections.ConfigDict, model_config: ModelConfig, graphdef: nnx.GraphDef,
@@ -196,14 +207,10 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     model_config = from_config_dict(config.model)
     mesh = sharding.make_mesh(config.mesh)
     _check_batch_shape(config, mesh)
-    tokenizer_file = tekken_file(config.data.tokenizer or None)
-    fingerprint = run_fingerprint(config, tokenizer_file)
+    tokenizer = run_tokenizer(config, model_config)
+    fingerprint = run_fingerprint(config, tokenizer.digest())
     allowed_changes(config, fingerprint)  # a misspelt name fails now, not at the next resume
     graphdef, lora, frozen, base_source = build_model(config, model_config, mesh)
-    tokenizer = RecordTokenizer(tokenizer_file)
-    if model_config.vocab_size < tokenizer.vocab_size:
-        raise TrainingError(f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-                            f"{tokenizer.vocab_size} tokens.")
     datasets = {split: make_dataset(_data_spec(config, split), tokenizer, jax.process_index(), jax.process_count())
                 for split in ("train", "validation")}
     step_fn, fresh = train_step_and_state(config, model_config, graphdef, lora, frozen, mesh)

