@@ -23,6 +23,13 @@ RUNTIME = [
     "matplotlib>=3.8",
     "sacrebleu>=2.4",
     "gguf>=0.17",
+    "detect-secrets>=1.5",
+    # Guides, notebooks and books (data_pipeline/markdown.py, pdf.py, epub.py). PyMuPDF 2 also pulls a layout
+    # model and onnxruntime, which reading text and fonts does not need.
+    "markdown-it-py>=3.0",
+    "pymupdf>=1.24,<2",
+    "lxml>=5.0",
+    "xxhash>=3.0",  # checkpoint integrity manifests: a hash faster than the disk
 ]
 
 EXTRAS = {
@@ -42,10 +49,8 @@ setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["devstral_jax", "devstral_jax.*", "data_pipeline", "data_pipeline.*"]),
-    package_data={
-        "data_pipeline": ["sources/*.exs"],
-        "devstral_jax": ["data/sample/*", "elixir/*.exs", "eval/*.exs", "eval/data/*.jsonl", "eval/data/*.md"],
-    },
+    package_data={"data_pipeline": ["sources/*.exs"],
+                  "devstral_jax": ["data/sample/*", "elixir/*.exs", "eval/*.exs", "eval/data/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )

@@ -25,6 +25,7 @@ from absl import app, flags  # noqa: E402
 from data_pipeline.config import base_config  # noqa: E402
 from data_pipeline.sources.otp_docs import otp_docs_worker  # noqa: E402
 from devstral_jax.elixir.parse import PARSER_SCRIPT, SourceSyntaxError, parse_source, parser_pool  # noqa: E402
+from devstral_jax.errors import FlagError  # noqa: E402
 
 _SOURCE_DIR = flags.DEFINE_string("source_dir", None, "A local Elixir tree; default: the installed Elixir's docs.")
 _MAX_FILES = flags.DEFINE_integer("max_files", 100, "Files to parse (the first ones in path order).")
@@ -37,7 +38,7 @@ def corpus(directory: Path) -> list[Path]:
     if _SOURCE_DIR.value:
         root = Path(_SOURCE_DIR.value).expanduser()
         if not root.is_dir():
-            raise app.UsageError(f"--source_dir={root} is not a directory.")
+            raise FlagError(f"--source_dir={root} is not a directory.")
         files = sorted(p for p in root.rglob("*") if p.suffix in (".ex", ".exs") and p.is_file())
     else:
         with otp_docs_worker() as worker:
@@ -48,7 +49,7 @@ def corpus(directory: Path) -> list[Path]:
                     path.write_text(entry["source"])
         files = sorted(directory.rglob("*.ex"))
     if not files:
-        raise app.UsageError("No .ex/.exs files to parse.")
+        raise FlagError("No .ex/.exs files to parse.")
     return files[:_MAX_FILES.value]
 
 

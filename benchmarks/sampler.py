@@ -91,8 +91,7 @@ def main(argv: list[str]) -> None:
     name = f"sampler_{device.platform}_{_PRESET.value}_{_STORAGE.value}.json"
     out = Path(_OUT.value or Path(__file__).parent / "results" / name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "
-")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
 

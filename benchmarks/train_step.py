@@ -31,9 +31,8 @@ from devstral_jax.cli import run
 from devstral_jax.config import EXECUTION_FIELDS, from_config_dict, preset, to_config_dict
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
-from devstral_jax.train.optim import make_optimizer
-from devstral_jax.train.step import init_state, jit_train_step, make_train_step
-from devstral_jax.train.trainer import _peak_flops, flops_per_token
+from devstral_jax.train.trainer import train_step_and_state
+from devstral_jax.train.utilization import flops_per_token, mfu, peak_device_memory_gb, peak_flops
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one compile step).")
@@ -95,12 +94,7 @@ def main(argv: list[str]) -> None:
     model_config = from_config_dict(config.model)
     mesh = sharding.make_mesh(config.mesh)
     graphdef, lora, frozen = random_base(model_config, mesh, config.seed)
-    tx, schedule = make_optimizer(config.optim, lora, model_config.num_layers, 1000)
-    state = init_state(lora, tx, config.seed)
-    step, state_shardings = jit_train_step(
-        make_train_step(graphdef, tx, schedule, config.train.loss_chunk, model_config.lora_dropout > 0),
-        state, frozen, mesh)
-    state = jax.device_put(state, state_shardings)
+    step, state = train_step_and_state(config, model_config, graphdef, lora, frozen, mesh)
 
     d = config.data
     shape = (d.microbatches, d.batch_size // d.microbatches, d.seq_len)
@@ -127,8 +121,7 @@ def main(argv: list[str]) -> None:
     seconds = statistics.median(times)
     tokens = d.batch_size * d.seq_len
     flops = flops_per_token(model_config, state.lora, d.seq_len) * tokens
-    peak = _peak_flops(config)
-    stats = jax.devices()[0].memory_stats() or {}
+    peak = peak_flops(config)
     fused_calls = compiled.as_text().count('custom_call_target="__cudnn$fmha')
     result = {
         "device": str(jax.devices()[0].device_kind), "devices": jax.device_count(), "preset": _PRESET.value,
@@ -136,12 +129,12 @@ def main(argv: list[str]) -> None:
         "cudnn_fused_attention_calls": fused_calls, "batch_rows": d.batch_size, "seq_len": d.seq_len,
         "microbatches": d.microbatches, "compile_seconds": compile_seconds, "step_seconds_median": seconds,
         "tokens_per_s": tokens / seconds, "tflops_per_s": flops / seconds / 1e12,
-        "mfu": flops / seconds / (peak * jax.device_count()) if peak else None,
+        "mfu": mfu(flops / seconds, peak) if peak else None,
         "compiled_temp_gb": memory.temp_size_in_bytes / 1e9,
         "compiled_argument_gb": memory.argument_size_in_bytes / 1e9,
         "compiled_peak_gb": (memory.argument_size_in_bytes + memory.output_size_in_bytes
                              - memory.alias_size_in_bytes + memory.temp_size_in_bytes) / 1e9,
-        "peak_device_memory_gb": stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None,
+        "peak_device_memory_gb": peak_device_memory_gb(),
         "loss": float(metrics["loss"]),
     }
     print(f"{'device':<28}{result['device']} x{result['devices']}")

@@ -1,12 +1,13 @@
 """Evaluation on the CPU: greedy, one sample per problem; `--model=random:tiny` runs the whole path without weights.
 
     python launch/evaluate.py --config=configs/eval_tiny_cpu.py --model=random:tiny \
-        --benchmark=../shared/benchmarks/humaneval_ex_sample.jsonl --output_dir=/tmp/eval
+        --benchmark=tests/eval/data/humaneval_ex_sample.jsonl --output_dir=/tmp/eval
 """
 
 import ml_collections
 
 from devstral_jax.config import preset, to_config_dict
+from devstral_jax.eval.benchmarks import HUMANEVAL_EX
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -16,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     # scan_layers, lora_*) apply to every model loaded, e.g. --config.model.mlp_storage=nf4.
     config.model = to_config_dict(preset("tiny", dtype="float32", param_dtype="float32", remat_policy="none"))
     config.eval = ml_collections.ConfigDict(dict(
+        benchmarks=(str(HUMANEVAL_EX),),  # MultiPL-E JSONL files, when no --benchmark is given
         num_samples=1,  # completions per problem (n of pass@k)
         temperature=0.0,  # 0 = greedy
         top_k=0,

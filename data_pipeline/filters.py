@@ -6,6 +6,7 @@ Each check returns the reason a file is dropped ("category: detail"), or None to
 from __future__ import annotations
 
 import dataclasses
+import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,3 +54,20 @@ def rejection(path: str, text: str, config: FilterConfig) -> str | None:
         if marker in head:
             return f"generated: {marker!r} near the top"
     return None
+
+
+# A run of characters that cannot end a literal or an expression (no blank, quote, backslash, interpolation or
+# bracket): the body of a data URI, an embedded key or hash.
+_LONG_RUN = re.compile(r"[^\s\"'`\\#()\[\]{}<>|]{200,}")
+_KEPT_OF_RUN = 40
+
+
+def elide_long_literals(text: str, max_line_length: int) -> str:
+    """`text` with each 200+ character run on a line over `max_line_length` cut to its first 40 characters and
+    "...": a base64 data URI in a string then costs that string, not the whole file, and every record made
+    from the file shows the same short literal. The code around it, and every other line, stay as they are."""
+    lines = text.split("\n")
+    if max(map(len, lines)) <= max_line_length:
+        return text
+    return "\n".join(_LONG_RUN.sub(lambda run: run[0][:_KEPT_OF_RUN] + "...", line) if len(line) > max_line_length
+                     else line for line in lines)

@@ -2,7 +2,8 @@
 
 Each ArrayRecord entry and each JSONL line is one record's JSON (devstral_jax.data.records), so the
 mirror reads directly as the `messages` / `text` columns that TRL, Axolotl and OpenAI tools expect.
-Grain reads the shards with `grain.sources.ArrayRecordDataSource(paths)`.
+Grain reads the shards with `grain.sources.ArrayRecordDataSource(paths)`. The mirror lives in its own
+folder, `jsonl/`, so a reader given the output folder finds one copy of each record, not two.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ def validation_packages(files_per_package: Mapping[str, int], fraction: float, s
     return chosen
 
 
+MIRROR_DIR = "jsonl"
+
+
 class SplitWriter:
-    """Writes one split as `{split}-NNNNN.array_record` shards of `records_per_shard` plus `{split}.jsonl`."""
+    """Writes one split as `{split}-NNNNN.array_record` shards of `records_per_shard` plus `jsonl/{split}.jsonl`."""
 
     def __init__(self, directory: Path, split: str, records_per_shard: int):
         assert split in SPLITS
@@ -48,7 +52,8 @@ class SplitWriter:
         self.shards: list[Path] = []
         self._writer: ArrayRecordWriter | None = None
         self._in_shard = 0
-        self._jsonl = open(directory / f"{split}.jsonl", "w", encoding="utf-8")
+        (directory / MIRROR_DIR).mkdir(exist_ok=True)
+        self._jsonl = open(directory / MIRROR_DIR / f"{split}.jsonl", "w", encoding="utf-8")
 
     def write(self, record: Record) -> None:
         line = record.to_json()

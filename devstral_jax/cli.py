@@ -38,7 +38,18 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except UserError as e:
         _fail(str(e))
     except (AttributeError, KeyError, TypeError, ValueError, OSError, SyntaxError) as e:
-        _fail(f"bad --config or --config.* override: {e.args[0] if e.args else e}")
+        _fail(f"bad --config or --config.* override: {_one_line(e)}")
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of an ml_collections error on one line (it wraps a KeyError in an AttributeError, and a
+    KeyError's str() is the repr of its message)."""
+    while len(error.args) == 1 and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    message = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+    if isinstance(error, KeyError):
+        message = f"no config key {message}"
+    return " ".join(message.split())
 
 
 def _one_line_user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:

@@ -16,9 +16,13 @@ class UserError(Exception):
     """A problem the user can fix; reported in one line, without a traceback."""
 
 
+class FlagError(UserError, ValueError):
+    """A command-line flag that is missing, contradicts another, or names something that is not there."""
+
+
 class ConfigError(UserError, ValueError):
-    """A configuration that is missing a field, has an unknown one, contradicts itself or does not fit the
-    machine (e.g. a mesh the devices cannot form)."""
+    """A configuration that is missing a field, has an unknown one, contradicts itself, names a file that is not
+    there, or does not fit the machine (e.g. a mesh the devices cannot form)."""
 
 
 class DataError(UserError, ValueError):

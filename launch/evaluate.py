@@ -9,7 +9,10 @@
 
 Writes to --output_dir: results.jsonl (every sample: completion, verdict, time, output), summary.json (all
 metrics per benchmark), report.md (a table) and pass_at_k.png; samples/<benchmark>.jsonl keeps each finished
-generation batch, so rerunning the same command after an interruption samples only what is missing.
+generation batch, so rerunning the same command after an interruption samples only what is missing. Every
+input is read and checked, and the model loaded, before --output_dir is touched; the results are written
+in it under a temporary folder (.partial/) and swapped in only when all of them are complete, so a failed
+run leaves the previous results as they were.
 Benchmarks are MultiPL-E JSONL files (see devstral_jax/eval/benchmarks.py); --doctest_records builds the
 doctest benchmark from the data pipeline's held-out (validation) records and saves it as doctests.jsonl.
 """
@@ -19,28 +22,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import jax
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
 from devstral_jax.cli import run
-from devstral_jax.config import EXECUTION_FIELDS, PRESETS, ConfigError, ModelConfig, from_config_dict, preset
-from devstral_jax.errors import CheckpointError
+from devstral_jax.config import EXECUTION_FIELDS, PRESETS, ModelConfig, from_config_dict, preset
+from devstral_jax.errors import FlagError
 from devstral_jax.eval import doctests, metrics, report
-from devstral_jax.eval.benchmarks import BenchmarkError, Problem, load_completions, load_problems
+from devstral_jax.eval.benchmarks import Problem, load_completions, load_problems
 from devstral_jax.eval.perplexity import perplexity
 from devstral_jax.eval.pool import ExecutionPool
-from devstral_jax.eval.sample_store import SampleStore, StaleSamplesError, model_marker, problems_digest
-from devstral_jax.eval.sandbox import SandboxUnavailable
+from devstral_jax.eval.sample_store import SampleStore, model_marker, problems_digest
 from devstral_jax.hf.load import load as load_hf
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
 from devstral_jax.tokenizer import load_tekken
-from devstral_jax.train.trainer import TrainingError, restore_trained_model
+from devstral_jax.train.trainer import restore_trained_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/eval_tiny_cpu.py.")
 _MODEL = flags.DEFINE_string("model", None, "An HF model directory, a training workdir, or random:<preset> "
@@ -54,6 +59,76 @@ _PERPLEXITY_RECORDS = flags.DEFINE_multi_string("perplexity_records", [], "Glob 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results.jsonl, summary.json, report.md and the chart go.")
 flags.mark_flags_as_required(["config", "output_dir"])
 
+
+@dataclasses.dataclass
+class Evaluation:
+    """What one run evaluates: every input read and checked, and the model loaded, before any program runs."""
+    output_dir: Path
+    staging: Path  # where this run's results are written until they are complete (then swapped in)
+    benchmarks: dict[str, list[Problem]]
+    given_completions: dict[str, list[str]] | None = None  # --completions: scored instead of sampled
+    doctest_sources: list[tuple[str, str]] | None = None  # held-out .ex files: the doctest benchmark's source
+    perplexity_texts: list[str] | None = None
+    model: Transformer | None = None
+    tokenizer: Any = None
+
+
+def setup(argv: list[str], config) -> Evaluation:
+    """Checks the flags, reads the benchmarks, completions and records, loads the model, then prepares
+    --output_dir: a mistake in any of them stops the run here, before anything is sampled, executed or written."""
+    _check_flags(argv, config.eval)
+    model_config = from_config_dict(config.model)
+    output_dir = Path(_OUTPUT_DIR.value)
+    evaluation = Evaluation(output_dir=output_dir, staging=output_dir / ".partial",
+                            benchmarks={Path(path).stem: _first(load_problems(path), config.eval.max_problems)
+                                        for path in _BENCHMARKS.value})
+    if _COMPLETIONS.value:
+        problems, evaluation.given_completions = load_completions(_COMPLETIONS.value,
+                                                                  next(iter(evaluation.benchmarks.values()), None))
+        evaluation.benchmarks = {Path(_COMPLETIONS.value).stem: problems}
+    if _DOCTEST_RECORDS.value:
+        evaluation.doctest_sources = _held_out(_DOCTEST_RECORDS.value, "--doctest_records")
+    if _PERPLEXITY_RECORDS.value:
+        evaluation.perplexity_texts = [text for _, text in _held_out(_PERPLEXITY_RECORDS.value,
+                                                                    "--perplexity_records")]
+    if evaluation.output_dir.exists() and not evaluation.output_dir.is_dir():
+        raise FlagError(f"--output_dir={evaluation.output_dir} is a file; pass a directory.")
+    if _MODEL.value:
+        evaluation.model, evaluation.tokenizer = load_model(_MODEL.value, model_config, config.seed)
+        print(f"model: {_MODEL.value} ({evaluation.model.config.num_params:,} parameters) on "
+              f"{jax.devices()[0].platform}")
+    evaluation.output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(evaluation.staging, ignore_errors=True)  # an interrupted run's
+    evaluation.staging.mkdir()
+    return evaluation
+
+
+def _held_out(patterns: list[str], flag: str) -> list[tuple[str, str]]:
+    sources = doctests.held_out_sources(patterns)
+    if not sources:
+        raise FlagError(f"{flag}={','.join(patterns)}: no held-out (validation-split) text records of .ex files "
+                        "in these shards; pass the data pipeline's JSONL shards.")
+    return sources
+
+
+def _check_flags(argv: list[str], settings) -> None:
+    if len(argv) > 1:
+        raise FlagError(f"Unexpected arguments: {argv[1:]}")
+    if not (_MODEL.value or _COMPLETIONS.value):
+        raise FlagError("Pass --model (to sample completions) or --completions (to score given ones).")
+    if _MODEL.value and _COMPLETIONS.value:
+        raise FlagError("Pass either --model or --completions, not both.")
+    if _MODEL.value and not (_BENCHMARKS.value or _DOCTEST_RECORDS.value or _PERPLEXITY_RECORDS.value):
+        raise FlagError("Nothing to evaluate: pass --benchmark, --doctest_records or --perplexity_records.")
+    if _COMPLETIONS.value and len(_BENCHMARKS.value) > 1:
+        raise FlagError("With --completions pass at most one --benchmark (the one they answer).")
+    if _COMPLETIONS.value and (_DOCTEST_RECORDS.value or _PERPLEXITY_RECORDS.value):
+        raise FlagError("--doctest_records and --perplexity_records need --model: the doctest benchmark's "
+                        "completions and the perplexity come from the model.")
+    if settings.temperature == 0 and settings.num_samples > 1:
+        logging.warning("num_samples=%d with greedy decoding: every sample is the same.", settings.num_samples)
+
+
 def load_model(spec: str, model_config: ModelConfig, seed: int):
     """(model, tokenizer) for `--model`: an HF directory, a training workdir (base + trained adapters), or
     `random:<preset>`."""
@@ -61,22 +136,33 @@ def load_model(spec: str, model_config: ModelConfig, seed: int):
     if spec.startswith("random:"):
         name = spec.removeprefix("random:")
         if name not in PRESETS:
-            raise app.UsageError(f"--model=random:{name}: unknown preset; choose one of {sorted(PRESETS)}.")
+            raise FlagError(f"--model=random:{name}: unknown preset; choose one of {sorted(PRESETS)}.")
         return Transformer(preset(name, **execution), rngs=nnx.Rngs(seed)), load_tekken()
     path = Path(spec)
     if not path.is_dir():
-        raise app.UsageError(f"--model={spec}: no such directory (pass an HF model directory or random:<preset>).")
+        raise FlagError(f"--model={spec}: no such directory (pass an HF model directory or random:<preset>).")
     if (path / "checkpoints").is_dir():
-        try:
-            model, _, _ = restore_trained_model(str(path))
-        except (CheckpointError, TrainingError) as e:
-            raise app.UsageError(f"--model={spec}: {e}") from None
-        return model, load_tekken()
+        model, _, _ = restore_trained_model(str(path))
+        return model, _checked_vocab(model, load_tekken(), f"--model={spec}", "the packaged Tekken", exact=False)
     if not (path / "config.json").is_file() and not (path / "params.json").is_file():
-        raise app.UsageError(f"--model={spec} is neither a model directory (config.json or params.json) nor a "
-                             "training workdir (checkpoints/).")
+        raise FlagError(f"--model={spec} is neither a model directory (config.json or params.json) nor a "
+                        "training workdir (checkpoints/).")
     loaded = load_hf(path, seed=seed, **execution)
-    return loaded.model, loaded.tokenizer or load_tekken()
+    if loaded.tokenizer is not None:
+        return loaded.model, _checked_vocab(loaded.model, loaded.tokenizer, f"--model={spec}", "its tekken.json",
+                                            exact=False)
+    return loaded.model, _checked_vocab(loaded.model, load_tekken(), f"--model={spec}",
+                                        "the packaged Tekken (the folder has no tekken.json)", exact=True)
+
+
+def _checked_vocab(model: Transformer, tokenizer, model_name: str, tokenizer_name: str, exact: bool):
+    """`tokenizer`, if `model` can use it: its embedding must hold every token id, and a tokenizer the folder does
+    not name (a fallback) must match the vocabulary exactly, or scores would silently be for the wrong text."""
+    model_vocab, tokenizer_vocab = model.config.vocab_size, tokenizer.n_words
+    if model_vocab < tokenizer_vocab or (exact and model_vocab != tokenizer_vocab):
+        raise FlagError(f"{model_name} has a vocabulary of {model_vocab} tokens, {tokenizer_name} has "
+                        f"{tokenizer_vocab}: they do not belong together. Add the model's own tekken.json to it.")
+    return tokenizer
 
 
 def sample_completions(sampler: Sampler, problems: list[Problem], settings, seed: int,
@@ -119,78 +205,42 @@ def evaluate_benchmark(name: str, problems: list[Problem], completions: dict[str
     verdicts = pool.run([problem.program(completion) for problem, _, completion in pairs], progress=f"running {name}")
     samples = [metrics.Sample(problem.name, i, completion, verdict, problem.reference)
                for (problem, i, completion), verdict in zip(pairs, verdicts)]
-    report.write_results(output_dir / "results.jsonl", name, samples)
+    report.write_results(output_dir / "results.jsonl", name, samples)  # output_dir: the run's staging folder
     return metrics.summarize(samples, ks=tuple(settings.ks))
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
+def evaluate(evaluation: Evaluation, config) -> tuple[dict[str, dict], dict]:
+    """Samples (or takes the given) completions, runs them in the execution pool and measures perplexity:
+    (metrics per benchmark, extra metrics). Every sample goes to results.jsonl as its benchmark finishes."""
     settings = config.eval
-    if not (_MODEL.value or _COMPLETIONS.value):
-        raise app.UsageError("Pass --model (to sample completions) or --completions (to score given ones).")
-    if _MODEL.value and _COMPLETIONS.value:
-        raise app.UsageError("Pass either --model or --completions, not both.")
-    if _MODEL.value and not (_BENCHMARKS.value or _DOCTEST_RECORDS.value or _PERPLEXITY_RECORDS.value):
-        raise app.UsageError("Nothing to evaluate: pass --benchmark, --doctest_records or --perplexity_records.")
-    if settings.temperature == 0 and settings.num_samples > 1:
-        logging.warning("num_samples=%d with greedy decoding: every sample is the same.", settings.num_samples)
-    given_completions: dict[str, list[str]] = {}
-    try:
-        model_config = from_config_dict(config.model)
-        benchmarks = {Path(path).stem: _first(load_problems(path), settings.max_problems) for path in _BENCHMARKS.value}
-        if _COMPLETIONS.value:
-            given = next(iter(benchmarks.values())) if len(benchmarks) == 1 else None
-            if len(benchmarks) > 1:
-                raise app.UsageError("With --completions pass at most one --benchmark (the one they answer).")
-            problems, given_completions = load_completions(_COMPLETIONS.value, given)
-            benchmarks = {Path(_COMPLETIONS.value).stem: problems}
-    except (ConfigError, BenchmarkError) as error:
-        raise app.UsageError(str(error)) from None
-
-    output_dir = Path(_OUTPUT_DIR.value)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.jsonl").write_text("")
-    model = tokenizer = sampler = None
-    if _MODEL.value:
-        model, tokenizer = load_model(_MODEL.value, model_config, config.seed)
-        sampler = Sampler(model, tokenizer)
-        print(f"model: {_MODEL.value} ({model.config.num_params:,} parameters) on {jax.devices()[0].platform}")
-
+    benchmarks = dict(evaluation.benchmarks)
+    sampler = Sampler(evaluation.model, evaluation.tokenizer) if evaluation.model is not None else None
     summaries: dict[str, dict] = {}
-    try:
-        pool = ExecutionPool(settings.workers or None, timeout=settings.timeout, sandbox=settings.sandbox)
-    except (SandboxUnavailable, ValueError) as error:
-        raise app.UsageError(str(error)) from None
-    with pool:
+    with ExecutionPool(settings.workers or None, timeout=settings.timeout, sandbox=settings.sandbox) as pool:
         print(f"execution pool: {pool.size} workers, {'sandboxed' if pool.sandbox.isolated else 'UNCONFINED'}")
-        if _DOCTEST_RECORDS.value:
-            try:
-                sources = doctests.held_out_sources(_DOCTEST_RECORDS.value)
-            except BenchmarkError as error:
-                raise app.UsageError(str(error)) from None
-            problems, counts = doctests.build_benchmark(sources, pool)
+        if evaluation.doctest_sources is not None:
+            problems, counts = doctests.build_benchmark(evaluation.doctest_sources, pool)
             print(f"doctest benchmark: {counts}")
-            _save_problems(output_dir / "doctests.jsonl", problems)
+            _save_problems(evaluation.staging / "doctests.jsonl", problems)
             if problems:
                 benchmarks["doctests"] = _first(problems, settings.max_doctest_problems)
         for name, problems in benchmarks.items():
-            if _COMPLETIONS.value:
-                completions = given_completions
-            else:
-                store = _sample_store(output_dir / "samples" / f"{name}.jsonl", problems, settings, config.seed)
+            completions = evaluation.given_completions
+            if completions is None:
+                store = SampleStore(evaluation.output_dir / "samples" / f"{name}.jsonl",
+                                    _sampling_fingerprint(problems, settings, config.seed))
                 completions = sample_completions(sampler, problems, settings, config.seed, store)
-            summaries[name] = evaluate_benchmark(name, problems, completions, pool, settings, output_dir)
-
+            summaries[name] = evaluate_benchmark(name, problems, completions, pool, settings, evaluation.staging)
     extra = {}
-    if _PERPLEXITY_RECORDS.value and model is not None:
-        try:
-            texts = [text for _, text in doctests.held_out_sources(_PERPLEXITY_RECORDS.value)]
-        except BenchmarkError as error:
-            raise app.UsageError(str(error)) from None
-        extra["perplexity"] = perplexity(model, tokenizer, texts, seq_len=settings.perplexity_seq_len,
+    if evaluation.perplexity_texts is not None:
+        extra["perplexity"] = perplexity(evaluation.model, evaluation.tokenizer, evaluation.perplexity_texts,
+                                         seq_len=settings.perplexity_seq_len,
                                          max_tokens=settings.perplexity_max_tokens)
+    return summaries, extra
+
+
+def write_report(output_dir: Path, summaries: dict[str, dict], extra: dict) -> None:
+    """summary.json, report.md and pass_at_k.png, and the table on stdout."""
     (output_dir / "summary.json").write_text(json.dumps({"benchmarks": summaries, **extra}, indent=2) + "\n")
     table = report.markdown_table(summaries) if summaries else ""
     if "perplexity" in extra:
@@ -200,18 +250,35 @@ def main(argv: list[str]) -> None:
     if summaries:
         report.pass_at_k_chart(output_dir / "pass_at_k.png", summaries)
     print(table)
-    print(f"wrote {output_dir}/results.jsonl, summary.json, report.md" + (", pass_at_k.png" if summaries else ""))
 
 
-def _sample_store(path: Path, problems: list[Problem], settings, seed: int) -> SampleStore:
-    fingerprint = dict(model=_MODEL.value, model_files=model_marker(_MODEL.value), seed=seed,
-                       problems=problems_digest(problems),
-                       sampling={key: settings[key] for key in ("num_samples", "temperature", "top_k", "top_p",
-                                                               "max_new_tokens", "batch_size", "steps_per_call")})
-    try:
-        return SampleStore(path, fingerprint)
-    except StaleSamplesError as error:
-        raise app.UsageError(str(error)) from None
+def publish(evaluation: Evaluation) -> None:
+    """Swaps the finished results into --output_dir, each file replacing the previous run's at once; a previous
+    run's result file this run does not make (e.g. its chart) is removed, so none is left from another run."""
+    made = {path.name for path in evaluation.staging.iterdir()}
+    for stale in ("results.jsonl", "summary.json", "report.md", "pass_at_k.png", "doctests.jsonl"):
+        if stale not in made:
+            (evaluation.output_dir / stale).unlink(missing_ok=True)
+    for name in sorted(made, key=lambda name: name == "summary.json"):  # the summary last: it says "complete"
+        os.replace(evaluation.staging / name, evaluation.output_dir / name)
+    evaluation.staging.rmdir()
+    print(f"wrote {evaluation.output_dir}/{', '.join(sorted(made))}")
+
+
+def main(argv: list[str]) -> None:
+    config = _CONFIG.value
+    evaluation = setup(argv, config)
+    summaries, extra = evaluate(evaluation, config)
+    write_report(evaluation.staging, summaries, extra)
+    publish(evaluation)
+
+
+def _sampling_fingerprint(problems: list[Problem], settings, seed: int) -> dict:
+    """What the samples of a store depend on: a store made with anything else is refused, not reused."""
+    return dict(model=_MODEL.value, model_files=model_marker(_MODEL.value), seed=seed,
+                problems=problems_digest(problems),
+                sampling={key: settings[key] for key in ("num_samples", "temperature", "top_k", "top_p",
+                                                        "max_new_tokens", "batch_size", "steps_per_call")})
 
 
 def _first(problems: list[Problem], limit: int) -> list[Problem]:
@@ -221,8 +288,9 @@ def _first(problems: list[Problem], limit: int) -> list[Problem]:
 def _save_problems(path: Path, problems: list[Problem]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for p in problems:
-            f.write(json.dumps({"name": p.name, "prompt": p.prompt, "tests": p.tests, "stop_tokens": list(p.stop_tokens),
-                                "reference": p.reference}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"name": p.name, "prompt": p.prompt, "tests": p.tests,
+                                "stop_tokens": list(p.stop_tokens), "reference": p.reference},
+                               ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from devstral_jax.cli import run
+from devstral_jax.errors import ConfigError, FlagError
 from devstral_jax.hf import model_card
 from devstral_jax.hf.export import merged_checkpoint_tensors, save_merged, tokenizer_files
 from devstral_jax.hf.gguf_export import save_gguf
@@ -44,12 +45,12 @@ FORMATS = ("peft", "merged", "gguf_f16", "gguf_q8_0")
 def _adapter(base: ModelDir) -> Adapter:
     """The LoRA to export, from --adapter or --workdir, checked against the base."""
     if bool(_ADAPTER.value) == bool(_WORKDIR.value):
-        raise app.UsageError("Pass exactly one of --adapter (a PEFT directory) and --workdir (a training workdir).")
+        raise FlagError("Pass exactly one of --adapter (a PEFT directory) and --workdir (a training workdir).")
     if _ADAPTER.value:
         adapter = load_adapter(_ADAPTER.value)
     else:
         if not os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")):
-            raise app.UsageError(f"--workdir={_WORKDIR.value} is not a training workdir (it has no checkpoints/).")
+            raise FlagError(f"--workdir={_WORKDIR.value} is not a training workdir (it has no checkpoints/).")
         model, _, _ = restore_trained_model(_WORKDIR.value)
         adapter = adapter_from_model(model)
     check_adapter(adapter, base.config)  # every adapted module exists in the base, with matching shapes
@@ -63,14 +64,14 @@ def _read_json(path: str | None, what: str) -> dict | None:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise app.UsageError(f"Cannot read the {what} {path}: {e}") from None
+        raise FlagError(f"Cannot read the {what} {path}: {e}") from None
 
 
 def export(config) -> None:
     formats = [f.strip() for f in config.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
-        raise app.UsageError(f"--config.formats: unknown format(s) {unknown}; choose from {list(FORMATS)}.")
+        raise ConfigError(f"--config.formats: unknown format(s) {unknown}; choose from {list(FORMATS)}.")
     base = open_model_dir(_BASE.value)
     adapter = _adapter(base)
     base_model = config.base_model or os.path.basename(os.path.normpath(base.path))
@@ -99,7 +100,7 @@ def export(config) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise FlagError(f"Unexpected arguments: {argv[1:]}")
     export(_CONFIG.value)
 
 

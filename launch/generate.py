@@ -15,13 +15,13 @@ import sys
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
 from devstral_jax.cli import run
 from devstral_jax.config import from_config_dict
-from devstral_jax.errors import ConfigError
+from devstral_jax.errors import ConfigError, FlagError
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig, TextStream
 from devstral_jax.tokenizer import load_tekken
@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise FlagError(f"Unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     model_config = from_config_dict(config.model)
     if _WORKDIR.value:

@@ -11,18 +11,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from a checkout
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from data_pipeline.run import run as build_corpus  # noqa: E402
 from devstral_jax.cli import run  # noqa: E402
+from devstral_jax.errors import FlagError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Data config file, e.g. configs/data_otp_docs.py.")
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise FlagError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
         manifest = build_corpus(_CONFIG.value)
     except KeyboardInterrupt:
@@ -33,9 +34,11 @@ def main(argv):
                  train["records"], validation["records"], train["tekken_tokens"], validation["tekken_tokens"],
                  output, output / "report.md")
     print((output / "report.md").read_text())
-    if manifest["failed_units"]:
-        sys.exit(f"prepare_data: {len(manifest['failed_units'])} units failed (see manifest.json failed_units); "
-                 f"run the same command again to retry them.")
+    if failed := manifest["failed_units"]:
+        first = "; ".join(f"{f['unit']['id']}: {f['reason'][:200]}" for f in failed[:3])
+        sys.exit(f"prepare_data: {len(failed)} units failed (all in manifest.json failed_units), e.g. {first}. "
+                 "Network failures are retried by the next run; units that failed on a bad answer or file are "
+                 "skipped unless you pass --config.retry_failed=True.")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from devstral_jax.cli import run
+from devstral_jax.errors import FlagError
 from devstral_jax.sharding import maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/tiny_cpu.py.")
@@ -24,7 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise FlagError(f"Unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     from devstral_jax.train.trainer import train  # after flags: jax.distributed must come first
 

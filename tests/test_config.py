@@ -8,8 +8,15 @@ import pytest
 import transformers
 from flax import nnx
 
-from devstral_jax.config import (ConfigError, from_config_dict, from_hf_config, load_hf_config, preset, to_config_dict,
-                                  to_hf_config)
+from devstral_jax.config import (
+    ConfigError,
+    from_config_dict,
+    from_hf_config,
+    load_hf_config,
+    preset,
+    to_config_dict,
+    to_hf_config,
+)
 from devstral_jax.model import Transformer
 
 

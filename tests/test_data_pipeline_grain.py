@@ -1,11 +1,14 @@
 """The training input pipeline: record tokenization with loss masks, packing, resume, and bad shards."""
 
+import dataclasses
+import hashlib
 import json
 
 import numpy as np
 import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
 
-from devstral_jax.data.pipeline import DataError, DataSpec, make_dataset
+from devstral_jax.data.pipeline import DataError, DataSpec, make_dataset, read_records, shard_files
 from devstral_jax.data.records import Record
 from devstral_jax.data.tokenize import RecordTokenizer, training_windows
 
@@ -18,8 +21,9 @@ def tokenizer() -> RecordTokenizer:
 
 
 def _record(kind: str, **payload) -> Record:
-    return Record.from_dict({"id": f"{kind}-{len(str(payload))}", "kind": kind, "task": "t", "source": SOURCE,
-                             **payload})
+    """A record whose id is a hash of its content, as the data pipeline makes them (the reader counts an id once)."""
+    content_id = hashlib.sha256(json.dumps([kind, payload], sort_keys=True).encode()).hexdigest()[:24]
+    return Record.from_dict({"id": content_id, "kind": kind, "task": "t", "source": SOURCE, **payload})
 
 
 def test_chat_loss_mask_covers_exactly_the_assistant_turns(tokenizer):
@@ -134,3 +138,45 @@ def test_multiprocess_prefetch_is_deterministic_and_resumable(tmp_path, tokenize
         got = next(resumed)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
+
+
+def _write_array_record(path, records):
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    for record in records:
+        writer.write(record.to_json().encode())
+    writer.close()
+    return str(path)
+
+
+def test_a_folder_with_shards_and_their_jsonl_mirror_is_read_once(tmp_path):
+    """The data pipeline's old layout (shards and mirror side by side) and a path given twice count each record
+    once; a folder is read as ArrayRecord when it has shards, and each split reads only its own files."""
+    train = [_record("text", text=f"defmodule T{i} do\nend\n") for i in range(6)]
+    validation = [dataclasses.replace(_record("text", text=f"defmodule V{i} do\nend\n"), split="validation")
+                  for i in range(2)]
+    _write_array_record(tmp_path / "train-00000.array_record", train)
+    _write_array_record(tmp_path / "validation-00000.array_record", validation)
+    _write_jsonl(tmp_path / "train.jsonl", train)  # the mirror, beside the shards
+    _write_jsonl(tmp_path / "validation.jsonl", validation)
+
+    assert shard_files((str(tmp_path),), "train") == [str(tmp_path / "train-00000.array_record")]
+    assert shard_files((str(tmp_path),), "validation") == [str(tmp_path / "validation-00000.array_record")]
+    assert [r.id for r in read_records((str(tmp_path),), "train")] == [r.id for r in train]
+    assert read_records((str(tmp_path),), "validation") == validation
+    twice = (str(tmp_path), str(tmp_path / "train-00000.array_record"), str(tmp_path / "train.jsonl"))
+    assert [r.id for r in read_records(twice, "train")] == [r.id for r in train]
+
+    mirror_only = tmp_path / "mirror"
+    mirror_only.mkdir()
+    _write_jsonl(mirror_only / "train.jsonl", train)
+    assert len(read_records((str(mirror_only),), "train")) == len(train)  # no shards: the JSONL is read
+
+
+def test_two_different_records_under_one_id_are_an_error(tmp_path):
+    first = _record("text", text="x = 1\n")
+    clash = dataclasses.replace(_record("text", text="x = 2\n"), id=first.id)
+    paths = (_write_jsonl(tmp_path / "a.jsonl", [first]), _write_jsonl(tmp_path / "b.jsonl", [clash]))
+    with pytest.raises(DataError, match="Two different records share the id"):
+        read_records(paths, "train")
+    with pytest.raises(DataError, match="No validation records"):
+        read_records(paths[:1], "validation")

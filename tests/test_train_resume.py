@@ -1,6 +1,5 @@
 """launch/train.py end to end: exact resume after SIGKILL, SIGTERM, interrupted saves, stages, bad input."""
 
-import json
 import os
 import re
 import signal
@@ -10,9 +9,11 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from devstral_jax.checkpoint import Checkpointer
+from devstral_jax.errors import CheckpointError
 from devstral_jax.train.metrics_log import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,6 +125,32 @@ def test_keeps_the_last_n_and_the_best_eval_checkpoint(tmp_path):
     assert checkpointer.best_step() == 2
 
 
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def test_a_checkpoint_of_other_settings_is_a_clear_error_and_its_adapters_restore_alone(tmp_path):
+    """Restoring into a state of other shapes or another optimizer chain is a CheckpointError naming the difference;
+    the adapters alone (what evaluation, export and the next stage read) restore whatever optimizer sat beside them."""
+    lora = {"a": jax.numpy.arange(6.0).reshape(2, 3)}
+    adamw = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    with Checkpointer(tmp_path, async_save=False) as checkpointer:
+        checkpointer.save(1, {"lora": lora, "opt_state": adamw.init(lora)}, {"pos": 1}, {"run": "x"})
+    wider = {"a": jax.numpy.zeros((2, 4))}
+    scaled = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3), optax.stateless(lambda u, p: u))
+    with Checkpointer(tmp_path, read_only=True) as checkpointer:
+        with pytest.raises(CheckpointError, match=r"step 1 .*\(lora/a: saved \(2, 3\), this run \(2, 4\); and 2 more"):
+            checkpointer.restore(_abstract({"lora": wider, "opt_state": adamw.init(wider)}))
+        with pytest.raises(CheckpointError, match=r"does not hold the state this run builds \(the same arrays in an"):
+            checkpointer.restore(_abstract({"lora": lora, "opt_state": scaled.init(lora)}))
+        part, meta = checkpointer.restore_part({"lora": _abstract(lora)})
+    np.testing.assert_array_equal(part["lora"]["a"], np.arange(6.0).reshape(2, 3))
+    assert meta == {"run": "x"}
+    with pytest.raises(CheckpointError, match="No checkpoint directory at"):
+        Checkpointer(tmp_path / "absent", read_only=True)
+    assert not (tmp_path / "absent").exists()  # reading never creates
+
+
 def test_a_stage_starts_from_the_previous_stages_adapters(tmp_path):
     config = tmp_path / "two_stages.py"
     config.write_text(f'''
@@ -131,8 +158,10 @@ import ml_collections
 from devstral_jax.train.config import sibling_config
 def get_config():
     config = sibling_config("{ROOT}/configs/x.py", "tiny_cpu")
+    # Stage two's optimizer is another chain (layer_lr_decay adds a stateless scale): only the adapters carry over.
     config.stages = (ml_collections.ConfigDict(dict(name="one", train=dict(steps=2))),
-                     ml_collections.ConfigDict(dict(name="two", train=dict(steps=4), optim=dict(learning_rate=0.0))))
+                     ml_collections.ConfigDict(dict(name="two", train=dict(steps=4),
+                                                    optim=dict(learning_rate=0.0, layer_lr_decay=0.5))))
     return config
 ''')
     result = subprocess.run([sys.executable, "launch/train.py", f"--config={config}", f"--workdir={tmp_path / 'run'}",
@@ -141,8 +170,9 @@ def get_config():
     from devstral_jax.train.trainer import restore_trained_model
     one, _, _ = restore_trained_model(str(tmp_path / "run" / "one"))
     two, _, _ = restore_trained_model(str(tmp_path / "run" / "two"))
-    from devstral_jax.lora import LoRAParam
     from flax import nnx
+
+    from devstral_jax.lora import LoRAParam
     first, second = jax.tree.leaves(nnx.state(one, LoRAParam)), jax.tree.leaves(nnx.state(two, LoRAParam))
     assert any(np.any(np.asarray(b) != 0) for b in first)  # stage one trained its adapters ...
     for a, b in zip(first, second):  # ... and stage two (learning rate 0) carried them over unchanged

@@ -1,5 +1,12 @@
 """The Grain input pipeline: record shards -> tokens -> next-token windows -> first-fit packed rows -> batches.
 
+Each record is read once. A folder is read as ArrayRecord when it holds any `.array_record` shard and as
+JSONL only when it holds none (the data pipeline's JSONL mirror of the same records is not read twice), and
+only the files named after the split (`train-*.array_record`, `validation.jsonl`) where there are such
+files (validation never scans the train shards). A record id met again (the same file reached twice, a mirror
+given by hand, two corpora built from one source) is counted once: ids are content hashes, so the same id is
+the same record; two different records under one id are an error.
+
 Rows are `seq_len` long; documents never straddle rows, each keeps its own `segment_ids` (1, 2, ... ; 0 is
 padding) and `positions` restarting at 0, so attention never crosses documents. Shuffling is seeded,
 each process reads its own slice of the records, and the iterator's state (`get_state`/`set_state`)
@@ -12,6 +19,7 @@ import dataclasses
 import glob
 import logging
 import os
+import re
 
 import grain
 import grain.experimental as grain_exp
@@ -39,24 +47,33 @@ class DataSpec:
     worker_count: int = 0  # >0: multiprocess prefetch (Grain mp_prefetch)
 
 
-def shard_files(paths: tuple[str, ...]) -> list[str]:
-    """Expands directories and globs to `.jsonl` / `.array_record` files; clear errors when there are none."""
+def shard_files(paths: tuple[str, ...], split: str) -> list[str]:
+    """Expands directories and globs to `.jsonl` / `.array_record` files, each once, one format per directory,
+    the split's own files where it has some; clear errors when there are none."""
     files: list[str] = []
+    seen: set[str] = set()
     for path in paths:
         if os.path.isdir(path):
-            matches = sorted(glob.glob(os.path.join(path, "**", "*.jsonl"), recursive=True) +
-                             glob.glob(os.path.join(path, "**", "*.array_record*"), recursive=True))
+            matches = sorted(glob.glob(os.path.join(path, "**", "*.array_record*"), recursive=True)) or sorted(
+                glob.glob(os.path.join(path, "**", "*.jsonl"), recursive=True))
+            own = [m for m in matches if re.match(rf"{split}([-.]|$)", os.path.basename(m))]
+            matches = own or matches
         else:
             matches = sorted(glob.glob(path))
         if not matches:
             raise DataError(f"No training shards at {path!r} (expected .jsonl or .array_record files).")
-        files += matches
+        for match in matches:
+            if (real := os.path.realpath(match)) not in seen:
+                seen.add(real)
+                files.append(match)
     return files
 
 
-def _read_records(files: list[str]) -> list[bytes]:
-    """All serialized records of the shards, as bytes (JSONL lines; ArrayRecord entries)."""
-    raw: list[bytes] = []
+def read_records(paths: tuple[str, ...], split: str) -> list[Record]:
+    """The split's records in `paths` (files, directories, globs), each id once (see the module docstring)."""
+    files = shard_files(paths, split)
+    records: dict[str, Record] = {}
+    repeated = 0
     for path in files:
         try:
             if ".array_record" in path:
@@ -69,16 +86,26 @@ def _read_records(files: list[str]) -> list[bytes]:
             raise DataError(f"Cannot read training shard {path}: {e}") from None
         if not entries:
             raise DataError(f"Training shard {path} is empty.")
-        raw += entries
-    return raw
+        for record in (_decode(raw) for raw in entries):
+            if record.split != split:
+                continue
+            if (seen := records.setdefault(record.id, record)) is not record:
+                if seen != record:
+                    raise DataError(f"Two different records share the id {record.id!r} (one in {path}); record "
+                                    "ids must be unique: rebuild the shards, or give one corpus per id space.")
+                repeated += 1
+    if not records:
+        raise DataError(f"No {split} records in {', '.join(files)} (each record's `split` field says which it is).")
+    if repeated:
+        logging.warning("%d records were given more than once (same id); each is read once.", repeated)
+    return list(records.values())
 
 
-def _decode(raw: bytes, split: str) -> Record | None:
+def _decode(raw: bytes) -> Record:
     try:
-        record = Record.from_json(raw)
+        return Record.from_json(raw)
     except (RecordError, ValueError) as e:
         raise DataError(f"Bad training record: {e} (record starts {raw[:120]!r}).") from None
-    return record if record.split == split else None
 
 
 class _ToWindows(grain_exp.FlatMapTransform):
@@ -110,8 +137,7 @@ def make_dataset(spec: DataSpec, tokenizer: RecordTokenizer, process_index: int 
     if spec.batch_size % (spec.microbatches * process_count):
         raise DataError(f"batch_size {spec.batch_size} must divide into {spec.microbatches} microbatches on "
                         f"{process_count} process(es).")
-    records = _read_records(shard_files(spec.paths))
-    ds = grain.MapDataset.source(records).map(lambda raw: _decode(raw, spec.split)).filter(lambda r: r is not None)
+    ds = grain.MapDataset.source(read_records(spec.paths, spec.split))
     if spec.num_epochs > 1:
         ds = ds.repeat(spec.num_epochs)
     if spec.shuffle:

@@ -16,14 +16,15 @@ from mistral_common.protocol.instruct.request import InstructRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from devstral_jax.data.records import Record
-from devstral_jax.tokenizer import PACKAGED_TEKKEN
+from devstral_jax.tokenizer import tekken_file
 
 
 class RecordTokenizer:
-    """Tokenizes records with Tekken; `tekken_path` defaults to the file packaged with mistral-common."""
+    """Tokenizes records with Tekken; `tekken_path` (a tekken.json or a directory holding one) defaults to the
+    file packaged with mistral-common."""
 
     def __init__(self, tekken_path: str | os.PathLike | None = None):
-        self._mistral = MistralTokenizer.from_file(str(tekken_path or PACKAGED_TEKKEN))
+        self._mistral = MistralTokenizer.from_file(str(tekken_file(tekken_path)))
         self._instruct = self._mistral.instruct_tokenizer
         self._tekken = self._instruct.tokenizer
         self.bos_id, self.eos_id = self._tekken.bos_id, self._tekken.eos_id

@@ -27,9 +27,9 @@ import numpy as np
 from tqdm import tqdm
 from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
 
+from devstral_jax.atomic import atomic_directory
 from devstral_jax.config import ModelConfig, to_hf_config
 from devstral_jax.errors import ExportError
-from devstral_jax.atomic import atomic_directory
 from devstral_jax.hf.model_dir import HF_INDEX, ModelDir
 from devstral_jax.hf.param_map import hf_shapes
 from devstral_jax.hf.peft import Adapter

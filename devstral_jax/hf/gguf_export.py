@@ -26,9 +26,9 @@ import numpy as np
 from gguf.vocab import MistralVocab
 from tqdm import tqdm
 
+from devstral_jax.atomic import atomic_file
 from devstral_jax.config import ModelConfig
 from devstral_jax.hf import consolidated
-from devstral_jax.atomic import atomic_file
 from devstral_jax.hf.export import ExportError
 from devstral_jax.hf.param_map import hf_shapes, param_names
 

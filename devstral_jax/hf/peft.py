@@ -16,10 +16,10 @@ import re
 import numpy as np
 
 from devstral_jax import lora
+from devstral_jax.atomic import atomic_directory
 from devstral_jax.config import ModelConfig
 from devstral_jax.errors import AdapterError
 from devstral_jax.hf import param_map
-from devstral_jax.atomic import atomic_directory
 from devstral_jax.hf.safetensors_io import SafetensorsWriter, read_header, read_tensor
 from devstral_jax.model import Transformer
 
@@ -117,7 +117,7 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
             config = json.load(f)
     except FileNotFoundError:
         raise AdapterError(f"No {CONFIG_FILE} in {path}: not a PEFT adapter directory.") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not UTF-8
         raise AdapterError(f"{path}/{CONFIG_FILE} is not valid JSON: {e}.") from None
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"{path}/{CONFIG_FILE}: peft_type is {config.get('peft_type')!r}; only LORA is supported.")

@@ -2,12 +2,17 @@
 
 `train(config, workdir)` is idempotent: run it again on the same workdir and it resumes from the latest
 complete checkpoint (trainable state, optimizer, RNG and data position), so a killed or preempted run
-continues exactly where it stopped. SIGTERM (preemption) saves a checkpoint and returns.
+continues exactly where it stopped. SIGTERM (preemption) saves a checkpoint after the current step and returns.
+
+`_setup` builds everything once and rejects a bad config before the first step; `_loop` then runs the steps,
+and every `train.log_every` / `eval_every` / `checkpoint_every` steps (and at the last one) writes a metrics
+record, measures the validation loss, or saves a checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -16,10 +21,12 @@ import signal
 import threading
 import time
 import zlib
-from typing import Any
+from typing import Any, Callable
 
+import grain
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
@@ -28,17 +35,17 @@ from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
 from devstral_jax.data.pipeline import DataSpec, make_dataset
 from devstral_jax.data.tokenize import RecordTokenizer
-from devstral_jax.errors import TrainingError
+from devstral_jax.errors import CheckpointError, TrainingError
 from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
+from devstral_jax.tokenizer import tekken_file
 from devstral_jax.train import config as train_config
+from devstral_jax.train.fingerprint import allowed_changes, differences, run_fingerprint
 from devstral_jax.train.metrics_log import MetricsLog
 from devstral_jax.train.optim import make_optimizer
 from devstral_jax.train.step import TrainState, init_state, jit_train_step, make_eval_step, make_train_step
-
-# Measured dense bf16 matmul peaks (DESIGN.md: MFU = achieved / measured peak of the device).
-KNOWN_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
+from devstral_jax.train.utilization import flops_per_token, mfu, peak_device_memory_gb, peak_flops
 
 
 @dataclasses.dataclass
@@ -79,26 +86,16 @@ def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
     return graphdef, lora, frozen, f"random(seed={config.seed})"
 
 
-def flops_per_token(model_config: ModelConfig, lora: nnx.State, seq_len: int) -> float:
-    """DESIGN.md's accounting: 4 N_frozen (forward + input gradient) + 6 N_lora + causal attention 6 L H Q T."""
-    c = model_config
-    frozen_matmul = c.num_params - c.vocab_size * c.hidden_size - (2 * c.num_layers + 1) * c.hidden_size
-    n_lora = sum(x.size for x in jax.tree.leaves(lora))
-    attention = 6 * c.num_layers * c.num_heads * c.head_dim * seq_len
-    return 4 * frozen_matmul + 6 * n_lora + attention
-
-
-def _peak_flops(config: ml_collections.ConfigDict) -> float | None:
-    if config.train.peak_tflops:
-        return config.train.peak_tflops * 1e12
-    kind = jax.devices()[0].device_kind
-    return next((tflops * 1e12 for name, tflops in KNOWN_PEAK_TFLOPS.items() if name in kind), None)
-
-
-def _device_memory_gb() -> float | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-    return peak / 1e9 if peak is not None else None
+def train_step_and_state(config: ml_collections.ConfigDict, model_config: ModelConfig, graphdef: nnx.GraphDef,
+                         lora: nnx.State, frozen: nnx.State, mesh: jax.sharding.Mesh) -> tuple[Callable, TrainState]:
+    """The jitted train step of `config` (optimizer, schedule, loss chunking, dropout) and its initial state
+    placed on `mesh`: what the loop, the tests and benchmarks/train_step.py run."""
+    tx, schedule = make_optimizer(config.optim, lora, model_config.num_layers, config.train.steps)
+    state = init_state(lora, tx, config.seed)
+    step_fn, state_shardings = jit_train_step(
+        make_train_step(graphdef, tx, schedule, config.train.loss_chunk, model_config.lora_dropout > 0),
+        state, frozen, mesh)
+    return step_fn, jax.device_put(state, state_shardings)
 
 
 def _data_spec(config: ml_collections.ConfigDict, split: str) -> DataSpec:
@@ -140,6 +137,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
 
 def _train_stages(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+    """Each stage is a run of its own in `workdir/<name>`, starting from the previous stage's final adapters
+    with a fresh optimizer; rerunning the command skips finished stages and resumes the unfinished one."""
     previous, result = config.train.init_adapters_from, None
     for stage in config.stages:
         stage_config = ml_collections.ConfigDict(config.to_dict())
@@ -159,114 +158,199 @@ def _train_stages(config: ml_collections.ConfigDict, workdir: str) -> TrainResul
 
 
 def _train_single(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    """One run: set up, resume (or start), loop, plot. The checkpoint to resume from is read before the writing
+    Checkpointer opens: its start-up clean-up of unfinished saves runs in a thread that an immediate exit (a
+    refused checkpoint) would cut short with a traceback."""
+    run, fresh = _setup(config, workdir)
+    state = _resume_or_start(run, fresh)
+    checkpoints = os.path.join(run.workdir, "checkpoints")
+    with Checkpointer(checkpoints, keep_last=config.train.keep_checkpoints,
+                      async_save=config.train.async_checkpoint) as checkpointer:  # closing waits for the last save
+        checkpointer.set_aside_after(int(state.step))  # steps passed over at resume are redone
+        log = MetricsLog(run.workdir, enabled=jax.process_index() == 0)
+        result = _loop(run, state, checkpointer, log)
+    log.close(plot=not result.stopped_by_signal)
+    return result
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop works with, built once by `_setup`."""
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    frozen: nnx.State  # the base: never donated, copied or differentiated
+    step_fn: Callable[[TrainState, nnx.State, dict], tuple[TrainState, dict]]
+    eval_fn: Callable[[nnx.State, nnx.State, dict], tuple[jax.Array, jax.Array]]
+    train_batches: grain.DatasetIterator  # its position goes into every checkpoint
+    validation: grain.IterDataset  # iterated from its start at every evaluation: the same batches each time
+    meta: dict  # saved with every checkpoint: the config and its fingerprint, the base's source and fingerprint
+    uniform_loss: float  # log(vocab_size): the loss of a model that predicts nothing
+    flops_per_token: float
+    peak_flops: float | None  # one device's; None: no MFU in the metrics
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, TrainState]:
+    """The run's model, data and step functions, and a fresh train state; every config mistake raises here,
+    before the first step."""
+    workdir = _make_workdir(workdir)
     model_config = from_config_dict(config.model)
+    mesh = sharding.make_mesh(config.mesh)
+    _check_batch_shape(config, mesh)
+    tokenizer_file = tekken_file(config.data.tokenizer or None)
+    fingerprint = run_fingerprint(config, tokenizer_file)
+    allowed_changes(config, fingerprint)  # a misspelt name fails now, not at the next resume
+    graphdef, lora, frozen, base_source = build_model(config, model_config, mesh)
+    tokenizer = RecordTokenizer(tokenizer_file)
+    if model_config.vocab_size < tokenizer.vocab_size:
+        raise TrainingError(f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
+                            f"{tokenizer.vocab_size} tokens.")
+    datasets = {split: make_dataset(_data_spec(config, split), tokenizer, jax.process_index(), jax.process_count())
+                for split in ("train", "validation")}
+    step_fn, fresh = train_step_and_state(config, model_config, graphdef, lora, frozen, mesh)
+    meta = dict(config=json.loads(config.to_json_best_effort()), fingerprint=fingerprint, base_source=base_source,
+                base_fingerprint=base_fingerprint(frozen), model=dataclasses.asdict(model_config))
+    run = _Run(config=config, workdir=workdir, mesh=mesh, frozen=frozen, step_fn=step_fn,
+               eval_fn=jax.jit(make_eval_step(graphdef, config.train.loss_chunk)),
+               train_batches=iter(datasets["train"]), validation=datasets["validation"],
+               meta=meta, uniform_loss=math.log(model_config.vocab_size),
+               flops_per_token=flops_per_token(model_config, lora, config.data.seq_len),
+               peak_flops=peak_flops(config))
+    return run, fresh
+
+
+def _check_batch_shape(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """The batch must split into loss chunks along the sequence and over the data-parallel devices along rows."""
     if config.data.seq_len % config.train.loss_chunk:
         raise TrainingError(f"data.seq_len={config.data.seq_len} is not a multiple of train.loss_chunk="
                             f"{config.train.loss_chunk}.")
-    mesh = sharding.make_mesh(config.mesh)
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     if (config.data.batch_size // config.data.microbatches) % data_parallel:
         raise TrainingError(f"Each microbatch has {config.data.batch_size // config.data.microbatches} rows "
                             f"(data.batch_size / data.microbatches), which the {data_parallel} data-parallel "
                             "devices (mesh data x fsdp) cannot split evenly.")
-    graphdef, lora, frozen, base_source = build_model(config, model_config, mesh)
-    fingerprint = base_fingerprint(frozen)
-    tokenizer = RecordTokenizer(config.data.tokenizer or None)
-    if model_config.vocab_size < tokenizer.vocab_size:
-        raise TrainingError(f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-                            f"{tokenizer.vocab_size} tokens.")
-    train_data = make_dataset(_data_spec(config, "train"), tokenizer, jax.process_index(), jax.process_count())
-    train_iter = iter(train_data)
 
-    tx, schedule = make_optimizer(config.optim, lora, model_config.num_layers, config.train.steps)
-    state = init_state(lora, tx, config.seed)
-    step_fn, state_shardings = jit_train_step(
-        make_train_step(graphdef, tx, schedule, config.train.loss_chunk, model_config.lora_dropout > 0),
-        state, frozen, mesh)
-    state = jax.device_put(state, state_shardings)
-    eval_fn = jax.jit(make_eval_step(graphdef, config.train.loss_chunk))
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep_last=config.train.keep_checkpoints,
-                                async_save=config.train.async_checkpoint)
-    meta = dict(config=json.loads(config.to_json_best_effort()), base_source=base_source,
-                base_fingerprint=fingerprint, model=dataclasses.asdict(model_config))
-    abstract_state = _abstract(state)
-    if checkpointer.latest_step() is not None:
-        state, data_state, _ = checkpointer.restore(abstract_state, expected_fingerprint=fingerprint)
-        train_iter.set_state(data_state)
-        logging.info("Resumed from step %d of %s", int(state.step), workdir)
-    elif config.train.init_adapters_from:
-        state = dataclasses.replace(state, lora=_adapters_from(config.train.init_adapters_from, abstract_state,
-                                                                fingerprint))
+def _make_workdir(workdir: str) -> str:
+    workdir = os.path.abspath(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"Cannot use {workdir} as the workdir: {e.strerror}. Pass a directory.") from None
+    return workdir
 
-    log = MetricsLog(workdir, enabled=jax.process_index() == 0)
-    flops = flops_per_token(model_config, state.lora, config.data.seq_len)
-    peak = _peak_flops(config)
-    tokens_per_step = config.data.batch_size * config.data.seq_len
-    start_step = int(state.step)
-    result = TrainResult(workdir, start_step, {}, {})
-    progress = tqdm(total=config.train.steps, initial=start_step, desc="train", unit="step",
-                    disable=jax.process_index() != 0)
-    with _SigtermFlag() as sigterm:
-        logged_step, logged_time = start_step, time.perf_counter()
-        stop_at = min(config.train.stop_at or config.train.steps, config.train.steps)
-        for step in range(start_step, stop_at):
-            host_batch = next(train_iter)
-            state, metrics = step_fn(state, frozen, sharding.place_batch(host_batch, mesh))
-            if int(state.bad_steps_in_a_row) >= config.train.max_bad_steps:
-                raise TrainingError(f"{config.train.max_bad_steps} non-finite steps in a row at step {step + 1} "
-                                    "(loss or gradient NaN/Inf): lower optim.learning_rate or check the data.")
+
+def _resume_or_start(run: _Run, fresh: TrainState) -> TrainState:
+    """The newest verified checkpoint's state, with the data iterator moved to where it was; else `fresh`, with a
+    previous stage's adapters if `train.init_adapters_from` names one."""
+    fingerprint = run.meta["base_fingerprint"]
+    checkpoints = os.path.join(run.workdir, "checkpoints")
+    if os.path.isdir(checkpoints):
+        with Checkpointer(checkpoints, read_only=True) as checkpointer:
+            if checkpointer.all_steps():
+                state, data_state, _ = checkpointer.restore(_abstract(fresh), expected_fingerprint=fingerprint,
+                                                            check_meta=functools.partial(_check_same_run, run))
+                run.train_batches.set_state(data_state)
+                logging.info("Resumed from step %d of %s", int(state.step), run.workdir)
+                return state
+    if run.config.train.init_adapters_from:
+        lora = _adapters_from(run.config.train.init_adapters_from, _abstract(fresh.lora), fingerprint)
+        return dataclasses.replace(fresh, lora=lora)
+    return fresh
+
+
+def _check_same_run(run: _Run, step: int, meta: dict) -> None:
+    """Refuses to resume a checkpoint made with settings that change what the run computes (fingerprint.py),
+    unless `train.allow_changes` names them."""
+    now = run.meta["fingerprint"]
+    if changed := differences(meta.get("fingerprint", {}), now, allowed_changes(run.config, now)):
+        names = ",".join(change.split(" ")[0] for change in changed)
+        raise CheckpointError(
+            f"Cannot resume {run.workdir} from step {step}: {'; '.join(changed)} differ from the settings it was "
+            f"trained with, so it would not continue the same run. Use the saved settings, a new workdir, or "
+            f"--config.train.allow_changes={names} to accept the change.")
+
+
+def _loop(run: _Run, state: TrainState, checkpointer: Checkpointer, log: MetricsLog) -> TrainResult:
+    """Steps from `state.step` to `train.stop_at` (or `train.steps`); a SIGTERM ends it after a checkpoint."""
+    train = run.config.train
+    start = int(state.step)
+    stop_at = min(train.stop_at or train.steps, train.steps)
+    result = TrainResult(run.workdir, start, {}, {})
+    logged_step, logged_time = start, time.perf_counter()
+    dead = 0  # steps in a row at the uniform loss with a zero gradient
+    with _SigtermFlag() as sigterm, tqdm(total=train.steps, initial=start, desc="train", unit="step",
+                                         disable=jax.process_index() != 0) as progress:
+        for step in range(start, stop_at):
+            host_batch = next(run.train_batches)
+            state, metrics = run.step_fn(state, run.frozen, sharding.place_batch(host_batch, run.mesh))
+            _stop_if_diverging(state, step, train.max_bad_steps)
             done = step + 1
-            loss = float(metrics["loss"])
-            result.losses[done] = loss
             last = done == stop_at
-            if done % config.train.log_every == 0 or last:
+            result.losses[done] = float(metrics["loss"])
+            if done % train.log_every == 0 or last:
                 seconds = (time.perf_counter() - logged_time) / (done - logged_step)
-                record = dict(step=done, loss=loss, grad_norm=float(metrics["grad_norm"]),
-                              learning_rate=float(metrics["learning_rate"]), skipped_steps=int(state.skipped_steps),
-                              tokens_per_s=tokens_per_step / seconds, seconds_per_step=seconds,
-                              batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()))  # which data it saw
-                if peak:
-                    record["mfu"] = flops * tokens_per_step / seconds / (peak * jax.device_count())
-                if (memory := _device_memory_gb()) is not None:
-                    record["device_memory_gb"] = memory
+                record = _step_record(run, done, state, metrics, host_batch, seconds)
                 log.write(record)
-                progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 logged_step, logged_time = done, time.perf_counter()
+            dead = _stop_if_dead(run, done, dead, result.losses[done], float(metrics["grad_norm"]))
             eval_loss = None
-            if done % config.train.eval_every == 0 or last:
-                eval_loss = evaluate(eval_fn, state.lora, frozen, config, tokenizer, mesh)
-                result.eval_losses[done] = eval_loss
+            if done % train.eval_every == 0 or last:
+                eval_loss = result.eval_losses[done] = _validation_loss(run, state.lora)
                 log.write(dict(step=done, eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50))))
-            if done % config.train.checkpoint_every == 0 or last or sigterm.raised:
-                checkpointer.save(done, state, train_iter.get_state(), meta, eval_loss=eval_loss,
+            if done % train.checkpoint_every == 0 or last or sigterm.raised:
+                checkpointer.save(done, state, run.train_batches.get_state(), run.meta, eval_loss=eval_loss,
                                   force=sigterm.raised)
             progress.update(1)
             result.last_step = done
             if sigterm.raised:
                 result.stopped_by_signal = True
-                logging.warning("SIGTERM: saved step %d to %s and stopped.", done, workdir)
+                logging.warning("SIGTERM: saved step %d to %s and stopped.", done, run.workdir)
                 break
-    progress.close()
-    checkpointer.wait()
-    checkpointer.close()
-    log.close(plot=not result.stopped_by_signal)
     return result
 
 
-def evaluate(eval_fn, lora: nnx.State, frozen: nnx.State, config: ml_collections.ConfigDict,
-             tokenizer: RecordTokenizer, mesh: jax.sharding.Mesh) -> float:
-    """Mean validation loss per target token over `train.eval_batches` batches (the same batches every time)."""
-    data = iter(make_dataset(_data_spec(config, "validation"), tokenizer, jax.process_index(), jax.process_count()))
+def _stop_if_diverging(state: TrainState, step: int, max_bad_steps: int) -> None:
+    """The step skips a non-finite update by itself; this ends a run that keeps producing them."""
+    if int(state.bad_steps_in_a_row) >= max_bad_steps:
+        raise TrainingError(f"{max_bad_steps} non-finite steps in a row at step {step + 1} "
+                            "(loss or gradient NaN/Inf): lower optim.learning_rate or check the data.")
+
+
+def _stop_if_dead(run: _Run, step: int, dead: int, loss: float, grad_norm: float) -> int:
+    """Counts the steps in a row at the uniform loss with a zero gradient (a model whose output ignores its input,
+    e.g. broken weights, which can never learn) and ends the run at `train.dead_steps` of them."""
+    dead = dead + 1 if abs(loss - run.uniform_loss) < 1e-4 * run.uniform_loss and grad_norm < 1e-8 else 0
+    if run.config.train.dead_steps and dead >= run.config.train.dead_steps:
+        raise TrainingError(
+            f"The loss has been {loss:.4f} = log(vocab_size), the uniform distribution, with a zero gradient for "
+            f"{dead} steps (to step {step}): the model's output ignores its input and cannot learn, so its weights "
+            "are broken (e.g. a corrupted base or checkpoint). Check config.base and the workdir's checkpoints, or "
+            "set train.dead_steps=0 to train anyway.")
+    return dead
+
+
+def _step_record(run: _Run, step: int, state: TrainState, metrics: dict, host_batch: dict[str, np.ndarray],
+                 seconds: float) -> dict[str, Any]:
+    """One metrics.jsonl line: the step's loss and optimizer figures, speed, and which data it saw."""
+    tokens_per_step = run.config.data.batch_size * run.config.data.seq_len
+    record = dict(step=step, loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
+                  learning_rate=float(metrics["learning_rate"]), skipped_steps=int(state.skipped_steps),
+                  tokens_per_s=tokens_per_step / seconds, seconds_per_step=seconds,
+                  batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()))
+    if run.peak_flops:
+        record["mfu"] = mfu(run.flops_per_token * tokens_per_step / seconds, run.peak_flops)
+    if (memory := peak_device_memory_gb()) is not None:
+        record["device_memory_gb"] = memory
+    return record
+
+
+def _validation_loss(run: _Run, lora: nnx.State) -> float:
+    """Mean validation loss per target token over the first `train.eval_batches` validation batches."""
     total, count = 0.0, 0.0
-    for _ in range(config.train.eval_batches):
-        try:
-            batch = next(data)
-        except StopIteration:
-            break
-        loss, tokens = eval_fn(lora, frozen, sharding.place_batch(batch, mesh))
+    for _, batch in zip(range(run.config.train.eval_batches), run.validation):
+        loss, tokens = run.eval_fn(lora, run.frozen, sharding.place_batch(batch, run.mesh))
         total, count = total + float(loss), count + float(tokens)
     if count == 0:
         raise TrainingError("The validation data gave no batch: add validation records (split 'validation') or "
@@ -279,28 +363,26 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _adapters_from(workdir: str, abstract_state: TrainState, fingerprint: str) -> nnx.State:
-    """The final LoRA parameters of a previous stage's run (its optimizer state is not carried over)."""
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    if checkpointer.latest_step() is None:
-        raise TrainingError(f"init_adapters_from={workdir!r} holds no checkpoint.")
-    state, _, _ = checkpointer.restore(abstract_state, expected_fingerprint=fingerprint)
-    checkpointer.close()
-    return state.lora
+def _adapters_from(workdir: str, abstract_lora: nnx.State, fingerprint: str) -> nnx.State:
+    """The final LoRA parameters of a previous stage's run (its optimizer state is neither read nor carried over)."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(checkpoints):
+        raise TrainingError(f"init_adapters_from={workdir!r} is not a training workdir (it has no checkpoints/).")
+    with Checkpointer(checkpoints, read_only=True) as checkpointer:
+        part, _ = checkpointer.restore_part({"lora": abstract_lora}, expected_fingerprint=fingerprint)
+    return part["lora"]
 
 
 def restore_trained_model(workdir: str, step: int | None = None) -> tuple[Transformer, ModelConfig, dict]:
     """The model of a training workdir (base rebuilt from its recorded source + trained adapters) for
-    evaluation and export: (model, model config, checkpoint meta)."""
-    checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), async_save=False)
-    meta = checkpointer.restore_meta(step)
-    config = ml_collections.ConfigDict(meta["config"])
-    model_config = from_config_dict(config.model)
-    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    graphdef, lora, frozen, _ = build_model(config, model_config, mesh)
-    tx, _ = make_optimizer(config.optim, lora, model_config.num_layers, config.train.steps)
-    abstract = _abstract(init_state(lora, tx, config.seed))
-    state, _, meta = checkpointer.restore(abstract, step, expected_fingerprint=base_fingerprint(frozen))
-    checkpointer.close()
-    return nnx.merge(graphdef, state.lora, frozen), model_config, meta
-
+    evaluation and export: (model, model config, checkpoint meta). Reads only the adapters of the checkpoint."""
+    with Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), read_only=True) as checkpointer:
+        step = checkpointer.usable_step(step)
+        meta = checkpointer.restore_meta(step)
+        config = ml_collections.ConfigDict(meta["config"])
+        model_config = from_config_dict(config.model)
+        mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+        graphdef, lora, frozen, _ = build_model(config, model_config, mesh)
+        part, meta = checkpointer.restore_part({"lora": _abstract(lora)}, step,
+                                               expected_fingerprint=base_fingerprint(frozen))
+    return nnx.merge(graphdef, part["lora"], frozen), model_config, meta

@@ -26,4 +26,5 @@ def data_config(tmp_path):
     config.http.backoff_s = 0.01
     config.http.backoff_max_s = 0.05
     config.decontam.benchmarks = (str(BENCHMARK),)
+    config.sources.local.licence = "LicenseRef-own-code"  # the hand-made trees have no licence file
     return config

@@ -16,7 +16,6 @@ import time
 from typing import Iterable
 from urllib.parse import parse_qs, urlsplit
 
-
 # --- archives ------------------------------------------------------------------------------------------------
 
 class Zeros(io.RawIOBase):

@@ -44,7 +44,7 @@ def test_search_splits_dates_past_the_cap_and_fetches_allowed_repositories(data_
     assert units["owner0/repo0"]["version"] == "0" * 12 and units["owner0/repo0"]["files_kept"] == 2
 
     records = [json.loads(line) for name in ("train", "validation")
-               for line in (tmp_path / "out" / f"{name}.jsonl").read_text().splitlines()]
+               for line in (tmp_path / "out" / "jsonl" / f"{name}.jsonl").read_text().splitlines()]
     texts = {r["source"]["path"] for r in records if r["task"] == "file" and r["source"]["package"] == "owner1/repo1"}
     assert texts == {"lib/gh1/part0.ex", "lib/gh1/part1.ex"}  # the tarball's top folder is stripped
 

@@ -135,8 +135,8 @@ def test_hostile_and_broken_tarballs_are_skipped_with_their_reason(pool, tmp_pat
     assert {u for u in units if units[u]["status"] == "done"} == {"alpha", "latin1", "bigfile"}
     assert units["latin1"]["files_kept"] == 1 and units["bigfile"]["files_kept"] == 1
 
-    records = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
-    records += [json.loads(line) for line in (tmp_path / "out" / "validation.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "out" / "jsonl" / "train.jsonl").read_text().splitlines()]
+    records += [json.loads(line) for line in (tmp_path / "out" / "jsonl" / "validation.jsonl").read_text().splitlines()]
     assert {r["source"]["package"] for r in records} == {"alpha", "latin1", "bigfile"}
     assert all(r["source"]["licence"] == "MIT" for r in records)
     # Nothing escaped the output directory.
@@ -159,9 +159,10 @@ def test_local_hex_cache_directory(pool, tmp_path, data_config):
 
 
 def test_unusual_metadata_values_convert_to_python(pool):
-    from devstral_jax.elixir.parse import read_erlang_terms
-    from data_pipeline.sources.hex_tarball import metadata_from_terms
     from dp_fakes import hex_metadata
+
+    from data_pipeline.sources.hex_tarball import metadata_from_terms
+    from devstral_jax.elixir.parse import read_erlang_terms
 
     metadata = metadata_from_terms(read_erlang_terms(pool, hex_metadata("a", "1.0.0", ["MIT", "ISC"]).decode()))
     assert metadata["licenses"] == ["MIT", "ISC"]

@@ -3,24 +3,33 @@
 import dataclasses
 import re
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from data_pipeline.instruct import InstructConfig, file_records, is_test_path
 from devstral_jax.data.records import Source
-
-from data_pipeline.instruct import InstructConfig, file_records
 from devstral_jax.elixir.parse import parse_source
 
 TREE = Path(__file__).parent / "fixtures" / "elixir_tree" / "lib" / "my_app"
+SHAPES = Path(__file__).parent / "fixtures" / "shapes"  # modelled on real cases, see its README
 CONFIG = InstructConfig(seed=0, fim_rate=1.0, max_value_questions=3, min_doc_chars=10, min_moduledoc_chars=20,
-                        max_context_chars=8000)
+                        max_context_chars=8000, max_explanation_chars=1500, fim_spans=1, fim_context_lines=10_000,
+                        fim_across_rate=0.0)  # one FIM middle per file, its whole file around it
 
 
 def records_for(pool, name, config=CONFIG):
     text = (TREE / name).read_text()
     source = Source("local", "my_app", "v1", f"lib/my_app/{name}", "MIT", "file:///my_app")
-    return text, file_records(source, text, parse_source(pool, name, text), config)
+    return text, file_records(source, text, parse_source(pool, name, text), config).records
+
+
+def shapes(pool, path, config=CONFIG):
+    """The records (and the rest of file_records' answer) of a file of the shapes package."""
+    text = (SHAPES / path).read_text()
+    source = Source("local", "shapes", "v1", path, "MIT", "file:///shapes")
+    return file_records(source, text, parse_source(pool, path, text), config)
 
 
 def chats(records, task):
@@ -145,3 +154,67 @@ def test_records_are_deterministic_and_ids_unique(pool):
 def test_fim_rate(pool, fim_rate, expected):
     _, records = records_for(pool, "job.ex", dataclasses.replace(CONFIG, fim_rate=fim_rate))
     assert sum(r.kind == "fim" for r in records) == expected
+
+
+def test_doc_to_impl_holds_every_clause_or_nothing(pool):
+    """Postgrex.Utils.default_extension?/1 (clauses from a `for`) gives no record rather than its fallback clause;
+    Req.Fields.new/1 (defined in both branches of an `if`) is answered with the whole `if`; a delegation, a guard
+    and a macro are asked for as what they are."""
+    asked = {re.match(r"Write the Elixir ([^`]+) `(\S+)`", q).group(2): (q, code_of(a))
+             for q, a in chats(shapes(pool, "lib/shapes/extensions.ex").records, "doc_to_impl")}
+    assert list(asked) == ["Shapes.Extensions.default_extensions/1"]
+    made = shapes(pool, "lib/shapes/fields.ex")
+    asked = {re.match(r"Write the Elixir ([^`]+) `(\S+)`", q).groups(): (q, code_of(a))
+             for q, a in chats(made.records, "doc_to_impl")}
+    assert sorted(asked) == [("function", "Shapes.Fields.get_values/2"), ("function", "Shapes.Fields.join/2"),
+                             ("function", "Shapes.Fields.new/1"), ("guard", "Shapes.Fields.is_name/1"),
+                             ("macro", "Shapes.Fields.put_new/3")]  # not set_label/1: its `if` holds another
+    lines = (SHAPES / "lib/shapes/fields.ex").read_text().split("\n")
+    assert asked["function", "Shapes.Fields.new/1"][1] == textwrap.dedent("\n".join(lines[14:23]))
+    assert asked["function", "Shapes.Fields.get_values/2"][1].count("def get_values(") == 3
+    request, answer = asked["function", "Shapes.Fields.join/2"]
+    assert request.startswith("Write the Elixir function `Shapes.Fields.join/2`. It delegates to "
+                              "`Shapes.Text.join_all/2`.\n\nIts documentation:")
+    assert answer == 'defdelegate join(values, separator \\\\ ", "), to: Shapes.Text, as: :join_all'
+    assert asked["guard", "Shapes.Fields.is_name/1"][1].startswith("defguard is_name(name) when")
+
+
+def test_nested_behaviour_modules_are_asked_for_by_the_name_they_are_written_with(pool):
+    ((request, answer),) = chats(shapes(pool, "lib/shapes/cache.ex").records, "otp_behaviour")
+    assert request.startswith("Write an Elixir GenServer module `Janitor`, to be nested inside the module "
+                              "`Shapes.Cache`.\n\nPeriodically purges the expired entries of a cache table.")
+    assert code_of(answer).startswith("defmodule Janitor do\n  @moduledoc")
+
+
+def test_test_files_are_test_records_and_declare_their_doctests(pool):
+    """A test file's fixtures (here a deliberately broken GenServer) are not "write a GenServer" material."""
+    made = shapes(pool, "test/shapes_test.exs")
+    assert [r.task for r in made.records] == ["test_file", "fim"] and made.records[0].kind == "text"
+    assert [(d.module, d.excluded) for d in made.doctested] == [("Shapes.Fields", ()),
+                                                                ("Shapes.Text", (("whisper", 1),))]
+    assert all(map(is_test_path, ["test/a_test.exs", "apps/web/test/support/conn_case.ex", "test/test_helper.exs",
+                                  "integration_test/cases/repo.exs", "lib/a_test.exs"]))
+    assert not any(map(is_test_path, ["lib/test.ex", "lib/my_app/testing.ex", "examples/test_like.exs"]))
+
+
+def test_module_explanations_are_bounded_prose(pool):
+    """Modelled on GenStage's and Broadway's module docs (a title, prose with relative links, an example, then
+    many sections) and on docs that are mostly code: the answer is the prose overview, or there is no record."""
+    explained = {q: a for q, a in chats(shapes(pool, "lib/shapes/pipeline.ex").records, "module_explain")}
+    ((request, answer),) = explained.items()
+    assert "defmodule Shapes.Pipeline do" in request and "Shapes.Router" not in request
+    assert answer == ("Shapes pipelines move events from producers to\nconsumers with back-pressure. See the\n"
+                      "[architecture overview](https://example.com/architecture) for the design,\n"
+                      "and a diagram of it.\n\nA pipeline runs under a supervisor. Each stage is a process, "
+                      "and demand\nflows upstream while events flow downstream.")
+    short = dataclasses.replace(CONFIG, max_explanation_chars=120)
+    ((_, answer),) = chats(shapes(pool, "lib/shapes/pipeline.ex", short).records, "module_explain")
+    assert answer == "Shapes pipelines move events from producers to\nconsumers with back-pressure."
+
+
+def test_doctest_records_name_the_function_they_test(pool):
+    made = shapes(pool, "lib/shapes/text.ex")
+    subjects = {(r.task, made.doctest_subjects[r.id]) for r in made.records if r.task.startswith("doctest_")}
+    assert ("doctest_tests", ("Shapes.Text", "shout", 1)) in subjects
+    assert ("doctest_value", ("Shapes.Session", "fetch", 1)) in subjects
+    assert {r.id for r in made.records if r.task.startswith("doctest_")} == set(made.doctest_subjects)

@@ -22,7 +22,7 @@ def otp_records(tmp_path_factory):
     config.sources.otp_docs.update(enabled=True, apps=("elixir",))
     manifest = run(config)
     records = [json.loads(line) for split in ("train", "validation")
-               for line in open(f"{config.output_dir}/{split}.jsonl")]
+               for line in open(f"{config.output_dir}/jsonl/{split}.jsonl")]
     return manifest, records
 
 

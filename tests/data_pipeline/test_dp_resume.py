@@ -30,7 +30,7 @@ def get_config():
     config.units_in_flight = 1
     config.decontam.benchmarks = ({benchmark!r},)
     config.sources.hex.update(enabled=True, api_url={url!r} + "/api", repo_url={url!r} + "/repo")
-    config.sources.local.update(paths=({local!r},), batch_files=2)
+    config.sources.local.update(paths=({local!r},), batch_files=2, licence="LicenseRef-own-code")
     return config
 """
 
@@ -108,7 +108,7 @@ def test_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path):
     ids = [Record.from_json(line).id for split in got.values() for line in split]
     assert len(ids) == len(set(ids)) and len(ids) > 50
     for split, lines in got.items():  # the JSONL mirror holds the same records
-        assert (resumed / f"{split}.jsonl").read_text().splitlines() == lines
+        assert (resumed / "jsonl" / f"{split}.jsonl").read_text().splitlines() == lines
     packages = {split: {Record.from_json(line).package for line in lines} for split, lines in got.items()}
     assert packages["validation"] and not packages["train"] & packages["validation"]
     manifest = json.loads((resumed / "manifest.json").read_text())
@@ -126,7 +126,7 @@ def test_grain_loads_the_shards_as_a_dataset(tmp_path, data_config):
     dataset = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards)).map(Record.from_json)
     records = list(dataset)
     assert {r.kind for r in records} == {"text", "chat", "fim"} and all(r.split == "train" for r in records)
-    assert [r.to_json() for r in records] == (out / "train.jsonl").read_text().splitlines()
+    assert [r.to_json() for r in records] == (out / "jsonl" / "train.jsonl").read_text().splitlines()
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,10 +1,14 @@
-"""The split by package and the shard writer."""
+"""The split by package, the shard writer and the output folder's layout."""
+
+from pathlib import Path
 
 import grain
+from conftest import FIXTURES
 
-from devstral_jax.data.records import Record, Source
-
+from data_pipeline.run import run
 from data_pipeline.shards import SplitWriter, validation_packages
+from devstral_jax.data.pipeline import read_records, shard_files
+from devstral_jax.data.records import Record, Source
 
 
 def test_validation_takes_whole_packages_up_to_the_fraction():
@@ -25,8 +29,23 @@ def test_writer_rolls_shards_and_mirrors_jsonl(tmp_path):
     for record in records:
         writer.write(record)
     paths = writer.close()
-    assert [p.name for p in paths] == ["train-00000.array_record", "train-00001.array_record",
-                                       "train-00002.array_record", "train.jsonl"]
+    assert [str(p.relative_to(tmp_path)) for p in paths] == ["train-00000.array_record", "train-00001.array_record",
+                                       "train-00002.array_record", "jsonl/train.jsonl"]
     data = grain.sources.ArrayRecordDataSource([str(p) for p in paths[:-1]])
     assert [Record.from_json(data[i]) for i in range(len(data))] == records
-    assert (tmp_path / "train.jsonl").read_text().splitlines() == [r.to_json() for r in records]
+    assert (tmp_path / "jsonl" / "train.jsonl").read_text().splitlines() == [r.to_json() for r in records]
+
+
+def test_training_reads_each_record_of_an_output_folder_once(data_config):
+    """The README's `--config.data.train_paths='("<output_dir>",)'`: the trainer's reader finds the shards, not
+    the JSONL mirror too (each record was read twice), and validation reads only the validation shards."""
+    data_config.sources.local.paths = (str(FIXTURES / "elixir_tree"),)
+    data_config.split.validation_fraction = 0.0
+    manifest = run(data_config)
+    out = Path(data_config.output_dir)
+    assert manifest["splits"]["train"]["files"] == ["train-00000.array_record", "jsonl/train.jsonl"]
+    assert shard_files((str(out),), "train") == [str(out / "train-00000.array_record")]
+    records = read_records((str(out),), "train")
+    assert len(records) == len({r.id for r in records}) == manifest["splits"]["train"]["records"] > 20
+    assert [r.to_json() for r in records] == (out / "jsonl" / "train.jsonl").read_text().splitlines()
+    assert len(read_records((str(out / "jsonl"),), "train")) == len(records)  # the mirror alone, for other tools

@@ -128,3 +128,75 @@ def test_erlang_terms_are_read_by_erlang(parser):
         read_erlang_terms(parser, '{<<"name">>,<<"jason">>}')
     with pytest.raises(ValueError, match="syntax error"):
         read_erlang_terms(parser, "{a,,}.")
+
+
+# A package modelled on real cases (see its README); the data pipeline tests make records of it.
+SHAPES = Path(__file__).parents[1] / "data_pipeline" / "fixtures" / "shapes"
+
+
+def shapes(parser, path):
+    return {m.name: m for m in parse_source(parser, path, (SHAPES / path).read_bytes()).modules}
+
+
+def clauses(module):
+    return {(f.name, f.arity): (f.kind, f.clauses, f.span) for f in module.functions}
+
+
+def test_generated_clauses_are_one_function_that_cannot_be_shown(parser):
+    """Postgrex.Utils.default_extension?/1: a `for` generates clauses before a fallback clause. All of them are
+    one function, with the @doc written before the `for`, and no span shows it faithfully."""
+    extensions = shapes(parser, "lib/shapes/extensions.ex")["Shapes.Extensions"]
+    assert clauses(extensions) == {
+        ("default_extension?", 1): ("def", 2, None),  # the generated clause and the fallback
+        ("default_extensions", 1): ("def", 1, (20, 22)),
+    }  # `def unquote(name)()` names no function that can be known before the code runs
+    assert extensions.functions[0].doc == "Checks if a given extension is a default extension.\n"
+
+
+def test_definitions_inside_conditionals_delegations_guards_and_macros(parser):
+    fields = shapes(parser, "lib/shapes/fields.ex")["Shapes.Fields"]
+    assert clauses(fields) == {
+        ("new", 1): ("def", 2, (15, 23)),  # both branches of the `if`: the whole conditional shows it
+        ("set_label", 1): ("def", 2, None),  # its `if` also defines labels_supported?/0
+        ("labels_supported?", 0): ("def", 2, None),
+        ("get_values", 2): ("def", 2, (40, 48)),  # a bodiless head, then two clauses
+        ("join", 2): ("defdelegate", 0, (51, 51)),
+        ("is_name", 1): ("defguard", 1, (54, 54)),
+        ("put_new", 3): ("defmacro", 1, (57, 61)),  # the `def`-free quote inside is not the module's
+    }
+    by_name = {f.name: f for f in fields.functions}
+    assert by_name["new"].doc.startswith("Returns fields") and by_name["new"].doctests
+    assert by_name["set_label"].doc.startswith("Sets the label") and by_name["labels_supported?"].doc is None
+    assert by_name["join"].delegate == "Shapes.Text.join_all" and by_name["join"].public
+    assert all(by_name[name].public for name in ("is_name", "put_new"))
+
+
+def test_nx_numerical_definitions_are_functions(parser):
+    source = '''defmodule Softmax do
+  import Nx.Defn
+
+  @doc "The softmax of a tensor."
+  defn softmax(t) do
+    Nx.exp(t) / Nx.sum(Nx.exp(t))
+  end
+
+  defnp norm(t), do: t / Nx.sum(t)
+end
+'''
+    (module,) = parse_source(parser, "softmax.ex", source).modules
+    assert [(f.name, f.kind, f.public, f.has_body, f.span) for f in module.functions] == [
+        ("softmax", "defn", True, True, (5, 7)), ("norm", "defnp", False, True, (9, 9))]
+
+
+def test_doctest_declarations_of_a_test_module(parser):
+    """`alias Jason.{A, B}` then `doctest B, except: [...]`, as jason's and req's test files write them."""
+    (test_module, _) = shapes(parser, "test/shapes_test.exs").values()
+    assert [(d.module, d.only, d.excluded) for d in test_module.doctested] == [
+        ("Shapes.Fields", None, ()), ("Shapes.Text", None, (("whisper", 1),))]
+    fields, text = test_module.doctested
+    assert text.covers("Shapes.Text", "shout", 1) and not text.covers("Shapes.Text", "whisper", 1)
+    assert fields.covers("Shapes.Fields", "new", 1) and not fields.covers("Shapes.Text", "new", 1)
+    source = ("defmodule ReqTest do\n  use ExUnit.Case\n  alias Req.Steps, as: S\n"
+              "  doctest S, only: [put_params: 1]\nend\n")
+    (module,) = parse_source(parser, "req_test.exs", source).modules
+    assert [(d.module, d.only) for d in module.doctested] == [("Req.Steps", (("put_params", 1),))]
