@@ -39,6 +39,9 @@ EXTRAS = {
     # an unpinned torch would pull several GB of CUDA wheels.
     "test": ["pytest>=8", "torch==2.13.0", "bitsandbytes>=0.48", "peft>=0.17", "accelerate>=1.0"],
     "gpu": ["jax[cuda12]>=0.10"],
+    # Compile for an H100/H200 on a machine without a GPU (benchmarks/step_memory.py --target=h100): the CUDA
+    # plugin of exactly the JAX this project pins, with its CUDA libraries (cuDNN for the cudnn kernel).
+    "gpu-aot": ["jax==0.10.2", "jaxlib==0.10.2", "jax-cuda12-plugin[with-cuda]==0.10.2", "jax-cuda12-pjrt==0.10.2"],
     "tpu": ["jax[tpu]>=0.10"],
 }
 

@@ -1,15 +1,19 @@
 """The device mesh, logical-axis rules and the partition specs of parameters, optimizer state and batches.
 
 Every parameter carries logical axis names (`logical_axes` metadata: vocab, embed, heads, kv, mlp, lora,
-layers); `RULES` maps them to mesh axes ('data', 'fsdp', 'tensor'). A dimension that a mesh axis does
-not divide, or whose mesh axis is already used by another dimension, stays replicated.
+layers); `RULES` maps them to mesh axes ('data', 'fsdp', 'tensor'). Activations carry logical names too, at
+the block boundaries (`constrain`: batch, seq, act_embed, act_heads, act_kv, act_mlp, act_vocab), mapped by
+`ACTIVATION_RULES`, so the layout XLA gives them is the one asked for, not whatever propagation finds.
+Nothing is replicated silently: a dimension that its mesh axis does not divide, or a quantized kernel
+whose shards would split a quantization block, is a ConfigError naming the array.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -18,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from devstral_jax.errors import ConfigError
+from devstral_jax.quant import formats
 
 MESH_AXES = ("data", "fsdp", "tensor")
 RULES: dict[str, str | None] = {
@@ -30,6 +35,17 @@ RULES: dict[str, str | None] = {
     "layers": None,
 }
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes (training, sampling)
+# Activations: the batch over the data-parallel axes, features over `tensor` where the weights split them
+# (Megatron-style: the residual stream whole, the heads and the MLP's hidden units split).
+ACTIVATION_RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": BATCH_AXES,
+    "seq": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+}
 
 
 def mesh_shape(requested: Mapping[str, int], num_devices: int) -> dict[str, int]:
@@ -59,36 +75,88 @@ def make_mesh(requested: Mapping[str, int], devices: list | None = None) -> Mesh
 
 
 def logical_to_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh,
-                    rules: Mapping[str, str | None] = RULES) -> P:
-    """The PartitionSpec of one array from its logical axes, replicating dims a mesh axis cannot split."""
+                    rules: Mapping[str, str | tuple[str, ...] | None] = RULES, name: str = "an array") -> P:
+    """The PartitionSpec of one array (`name`, for errors) from its logical axes.
+
+    A dimension its mesh axes do not divide is a ConfigError, never quietly replicated: replicating a 24B
+    model's kernels on every device is the difference between fitting and not.
+    """
     used: set[str] = set()
     spec = []
-    for name, size in zip(axes, shape):
-        mesh_axis = rules.get(name) if name is not None else None
-        if mesh_axis is None or mesh_axis in used or size % mesh.shape[mesh_axis]:
-            spec.append(None)
-        else:
-            spec.append(mesh_axis)
-            used.add(mesh_axis)
+    for axis_name, size in zip(axes, shape):
+        mesh_axes = rules.get(axis_name) if axis_name is not None else None
+        mesh_axes = () if mesh_axes is None else (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+        mesh_axes = tuple(a for a in mesh_axes if mesh.shape.get(a, 1) > 1)  # a size-1 axis splits nothing
+        if used & set(mesh_axes):
+            raise ConfigError(f"{name} {tuple(shape)} would use mesh axis {sorted(used & set(mesh_axes))} for two "
+                              f"dimensions (logical axes {axes}); map them to different mesh axes in the rules.")
+        ways = math.prod(mesh.shape[a] for a in mesh_axes)
+        if size % ways:
+            raise ConfigError(f"{name} {tuple(shape)}: its {axis_name!r} dimension ({size}) cannot be split "
+                              f"{ways} ways over mesh axes {mesh_axes}; choose a mesh whose {'x'.join(mesh_axes)} "
+                              f"size divides {size}.")
+        used.update(mesh_axes)
+        spec.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
     return P(*spec)
 
 
-def variable_spec(variable: nnx.Variable, mesh: Mesh) -> P:
+def variable_spec(variable: nnx.Variable, mesh: Mesh, name: str = "a parameter") -> P:
     axes = variable.get_metadata().get("logical_axes")
     if axes is None:
         return P()
-    return logical_to_spec(tuple(axes), tuple(variable.shape), mesh)
+    return logical_to_spec(tuple(axes), tuple(variable.shape), mesh, name=name)
 
 
 def state_shardings(tree: Any, mesh: Mesh) -> Any:
     """NamedShardings for any pytree of nnx Variables and arrays (parameters, LoRA params, optimizer state):
     a Variable is placed by its logical axes (Adam's moments inherit their parameter's); a bare array
     (a step counter) is replicated."""
-    def sharding(leaf: Any) -> NamedSharding:
-        spec = variable_spec(leaf, mesh) if isinstance(leaf, nnx.Variable) else P()
-        return NamedSharding(mesh, spec)
+    def sharding(path: tuple, leaf: Any) -> NamedSharding:
+        if not isinstance(leaf, nnx.Variable):
+            return NamedSharding(mesh, P())
+        return NamedSharding(mesh, variable_spec(leaf, mesh, f"Parameter {jax.tree_util.keystr(path)}"))
 
-    return jax.tree.map(sharding, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(sharding, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def check_params(model: nnx.Module, mesh: Mesh) -> None:
+    """Raises a ConfigError naming the first parameter `mesh` cannot shard as its logical axes ask: a dimension
+    its mesh axis does not divide, or a quantized kernel (quant/formats.py) whose input-axis shards would cut
+    its quantization blocks. Works on an abstract model (`nnx.eval_shape`): run it before loading anything."""
+    nodes = [("/".join(map(str, path)), node) for path, node in nnx.iter_graph(model)]
+    for name, node in nodes:  # kernels first: their error says why a field of theirs cannot split
+        storage = getattr(node, "format", None)
+        if isinstance(storage, formats.Format) and storage.quantized:
+            in_axis = RULES.get(node.axes[-2])
+            try:
+                storage.check_shardable(node.shape, mesh.shape.get(in_axis, 1) if in_axis else 1)
+            except ConfigError as e:
+                raise ConfigError(f"Parameter {name}: {e}") from None
+    for name, node in nodes:
+        if isinstance(node, nnx.Variable):
+            variable_spec(node, mesh, f"Parameter {name}")
+
+
+def activation_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: Any, name: str) -> P:
+    return logical_to_spec(axes, shape, mesh, ACTIVATION_RULES, name=f"Activation {name}")
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...], name: str) -> jax.Array:
+    """`x` laid out as its logical activation axes ask on the mesh the step is traced under (`traced_on`);
+    outside one (a single device, the sampler) it is returned as it is."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, activation_spec(axes, x.shape, mesh, name)))
+
+
+def traced_on(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` traced with `mesh` as the context mesh, so its `constrain`s take effect (wrap before `jax.jit`)."""
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return functools.wraps(fn)(wrapped)
 
 
 def data_parallel_size(mesh: Mesh) -> int:

@@ -77,11 +77,12 @@ def test_nf4_on_load_matches_quantizing_the_dense_weights_and_reports_each_tenso
     assert all(15 < row.snr_db < 30 and 4.1 < row.bits_per_param < 4.3 for row in quantized.quant_report)
 
 
-def test_loading_on_an_8_device_mesh_puts_each_shard_on_its_device(checkpoints):
-    hf, root = checkpoints
+def test_loading_on_an_8_device_mesh_puts_each_shard_on_its_device(tmp_path):
+    # Wide enough that NF4's 64-row blocks stay whole on each device (TINY's 64 inputs cannot split 2 ways).
+    hf = save_hf_checkpoint(TINY.replace(hidden_size=128, intermediate_size=256), tmp_path / "hf")
     assert jax.device_count() == 8
     mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
-    loaded = load(root / "hf", mesh=mesh, mlp_storage="nf4", lora_rank=4, seed=3, **F32)  # the project's rules
+    loaded = load(tmp_path / "hf", mesh=mesh, mlp_storage="nf4", lora_rank=4, seed=3, **F32)  # the project's rules
     # The reference: the whole checkpoint in memory through the plain (unsharded) path, same seed for LoRA.
     reference = Transformer(loaded.config, rngs=nnx.Rngs(3))
     param_map.load_state_dict(reference, {k: v.numpy() for k, v in hf.state_dict().items()}.__getitem__)

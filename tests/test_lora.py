@@ -149,3 +149,21 @@ def test_unknown_target_module_is_a_clear_error():
         TINY.replace(lora_rank=4, lora_targets=("q_proj", "qkv_proj"))
     only_q = Transformer(TINY.replace(lora_rank=4, lora_targets=("q_proj",)), rngs=nnx.Rngs(0))
     assert only_q.layers.attn.q_proj.lora is not None and only_q.layers.mlp.up_proj.lora is None
+
+
+def test_bf16_product_has_float32_accuracy_forward_and_backward():
+    """A bfloat16 input's adapter runs on bfloat16 terms of the float32 factors (no float32 copy of the input):
+    its output, rounded once to bfloat16, and its gradients match float64 arithmetic on the same values."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 16, 128)), jnp.bfloat16)
+    a, b = jnp.asarray(rng.normal(size=(128, 8)) * 0.1, jnp.float32), jnp.asarray(rng.normal(size=(8, 96)), jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(2, 16, 96)), jnp.bfloat16)
+    out, vjp = jax.vjp(lambda x, a, b: lora.bf16_product(x, a, b, 2.0), x, a, b)
+    dx, da, db = vjp(dy)
+    assert out.dtype == dx.dtype == jnp.bfloat16 and da.dtype == db.dtype == jnp.float32
+    x64, a64, b64, dy64 = (np.asarray(t, np.float64).reshape(-1, t.shape[-1]) for t in (x, a, b, dy))
+    want_dh = dy64 @ b64.T * 2.0
+    for ours, want in [(out, x64 @ a64 @ b64 * 2.0), (dx, want_dh @ a64.T)]:  # bfloat16: rounded once
+        np.testing.assert_allclose(np.asarray(ours, np.float64).reshape(want.shape), want, rtol=2**-8, atol=1e-6)
+    np.testing.assert_allclose(da, x64.T @ want_dh, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, (x64 @ a64 * 2.0).T @ dy64, rtol=1e-5, atol=1e-5)

@@ -65,6 +65,7 @@ def load(path: str | os.PathLike, *, format: str = "auto", mesh: Mesh | None = N
     config = model_dir.config
     mesh = mesh if mesh is not None else sharding.make_mesh({}, jax.devices()[:1])
     model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(seed)))
+    sharding.check_params(model, mesh)  # before any weight is read
 
     report: list[QuantRow] = []
     with tqdm(total=model_dir.nbytes, unit="B", unit_scale=True, desc=f"loading {os.path.basename(path)}",

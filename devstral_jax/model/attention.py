@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from devstral_jax import lora
+from devstral_jax import lora, sharding
 from devstral_jax.config import ModelConfig
 from devstral_jax.model.attention_kernels import get_kernel
 from devstral_jax.model.kv_cache import LayerCache
@@ -46,6 +46,9 @@ class Attention(nnx.Module):
         q = self.q_proj(x, lora.dropout_key(dropout_rng, "q_proj")).reshape(batch, seq, -1, self.head_dim)
         k = self.k_proj(x, lora.dropout_key(dropout_rng, "k_proj")).reshape(batch, seq, -1, self.head_dim)
         v = self.v_proj(x, lora.dropout_key(dropout_rng, "v_proj")).reshape(batch, seq, -1, self.head_dim)
+        q = sharding.constrain(q, ("batch", "seq", "act_heads", None), "queries")
+        k = sharding.constrain(k, ("batch", "seq", "act_kv", None), "keys")
+        v = sharding.constrain(v, ("batch", "seq", "act_kv", None), "values")
         q = apply_rope(q, positions, self.rope_theta, self.rope_scaling)
         k = apply_rope(k, positions, self.rope_theta, self.rope_scaling)
         kv_positions, kv_segment_ids = positions, segment_ids
@@ -56,4 +59,5 @@ class Attention(nnx.Module):
         out = get_kernel(self.attention_impl)(
             q, k, v, q_positions=positions, kv_positions=kv_positions, q_segment_ids=segment_ids,
             kv_segment_ids=kv_segment_ids, sliding_window=self.sliding_window)
-        return self.o_proj(out.reshape(batch, seq, -1), lora.dropout_key(dropout_rng, "o_proj")), cache
+        out = sharding.constrain(out.reshape(batch, seq, -1), ("batch", "seq", "act_heads"), "attention output")
+        return self.o_proj(out, lora.dropout_key(dropout_rng, "o_proj")), cache

@@ -7,7 +7,13 @@ blockwise kernels (Pallas splash/flash attention, cuDNN) can skip masked blocks.
 
   xla      the reference: materialises [B, H, T, S] scores.
   chunked  blockwise with an online softmax and a recomputing backward (chunked_attention.py): O(T) memory,
-           for long sequences.
+           for long sequences, on every backend.
+  cudnn    cuDNN flash attention on NVIDIA GPUs (fused_attention.py); chunked elsewhere.
+  splash   Pallas splash attention on TPUs (fused_attention.py); chunked elsewhere.
+
+The fused kernels mask by index and check on the device that this equals masking by position for the batch
+at hand; when it does not (or on another platform) they run the chunked kernel, so every kernel computes
+the same attention.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import jax.numpy as jnp
 
 from devstral_jax.errors import ConfigError
 from devstral_jax.model.chunked_attention import chunked_attention
+from devstral_jax.model.fused_attention import cudnn_attention, splash_attention
 from devstral_jax.model.masking import attention_mask
 
 
@@ -42,7 +49,8 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.
     return out.reshape(batch, q_len, num_heads, head_dim)
 
 
-KERNELS: dict[str, AttentionKernel] = {"xla": xla_attention, "chunked": chunked_attention}
+KERNELS: dict[str, AttentionKernel] = {"xla": xla_attention, "chunked": chunked_attention, "cudnn": cudnn_attention,
+                                       "splash": splash_attention}
 
 
 def get_kernel(name: str) -> AttentionKernel:

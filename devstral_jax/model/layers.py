@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from devstral_jax import lora
+from devstral_jax import lora, sharding
 from devstral_jax.config import ModelConfig
 from devstral_jax.model.linear import Linear
 
@@ -59,4 +59,5 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
         gate = self.gate_proj(x, lora.dropout_key(dropout_rng, "gate_proj"))
         up = self.up_proj(x, lora.dropout_key(dropout_rng, "up_proj"))
-        return self.down_proj(jax.nn.silu(gate) * up, lora.dropout_key(dropout_rng, "down_proj"))
+        hidden = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "seq", "act_mlp"), "MLP hidden units")
+        return self.down_proj(hidden, lora.dropout_key(dropout_rng, "down_proj"))

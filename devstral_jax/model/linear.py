@@ -6,6 +6,7 @@ quantized model computes exactly what a dense model holding the dequantized weig
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -38,12 +39,41 @@ class QuantizedKernel(nnx.Module):
         """The kernel's logical axes (with `layers` when stacked): those of its first field, which lies like it."""
         return getattr(self, self.format.leaves[0]).get_metadata()["logical_axes"]
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The `[..., in, out]` kernel's shape (also on an abstract model, whose fields are only shapes)."""
+        return self.format.array(**{leaf: getattr(self, leaf).get_value() for leaf in self.format.leaves}).shape
+
     def quantized(self) -> Any:
         """The fields' values as the format's array (an NF4Array, an Int8Array)."""
         return self.format.array(**{leaf: getattr(self, leaf)[...] for leaf in self.format.leaves})
 
     def dequantize(self, dtype: jnp.dtype) -> jax.Array:
         return self.format.dequantize(self.quantized(), dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def quantized_matmul(x: jax.Array, stored: Any, storage: str) -> jax.Array:
+    """`x @ W` for a kernel W stored in format `storage`, dequantized to x's dtype inside the jitted matmul.
+
+    The base is frozen, so the backward pass needs W only for x's gradient (dy W^T). It dequantizes W afresh
+    for that, behind an optimization barrier, instead of reusing the forward's copy: under remat XLA would
+    otherwise keep every dequantized kernel of a layer alive from the recomputed forward to its backward use
+    (a gigabyte for Devstral's MLP at bf16). Same values: the dequantization is exact and deterministic.
+    """
+    return jnp.dot(x, formats.FORMATS[storage].dequantize(stored, x.dtype))
+
+
+def _quantized_matmul_fwd(x: jax.Array, stored: Any, storage: str) -> tuple[jax.Array, Any]:
+    return quantized_matmul(x, stored, storage), stored
+
+
+def _quantized_matmul_bwd(storage: str, stored: Any, dy: jax.Array) -> tuple[jax.Array, None]:
+    w = formats.FORMATS[storage].dequantize(jax.lax.optimization_barrier(stored), dy.dtype)
+    return jnp.dot(dy, jnp.swapaxes(w, -1, -2)), None  # no gradient for the frozen base
+
+
+quantized_matmul.defvjp(_quantized_matmul_fwd, _quantized_matmul_bwd)
 
 
 class Linear(nnx.Module):
@@ -67,7 +97,10 @@ class Linear(nnx.Module):
         return self.kernel.dequantize(dtype)
 
     def __call__(self, x: jax.Array, dropout_rng: jax.Array | None = None) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.weight(self.dtype))
+        if isinstance(self.kernel, nnx.Param):
+            y = jnp.dot(x.astype(self.dtype), self.weight(self.dtype))
+        else:
+            y = quantized_matmul(x.astype(self.dtype), self.kernel.quantized(), self.kernel.storage)
         if self.lora is not None and not self.lora_merged:
             y = y + self.lora(x, dropout_rng).astype(y.dtype)
         return y

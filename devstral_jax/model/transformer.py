@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from devstral_jax import sharding
 from devstral_jax.config import ModelConfig
 from devstral_jax.model.attention import Attention
 from devstral_jax.model.kv_cache import KVCache, LayerCache, layer_view, write_layer, write_slots
@@ -106,7 +107,8 @@ class Transformer(nnx.Module):
         """Every block, through one layer body: scanned over the stacked layers, or looped over unrolled ones."""
         new_slots = x.shape[1]
 
-        def run_block(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, view: LayerCache | None,
+        def run_block(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, positions: jax.Array,
+                      segment_ids: jax.Array, view: LayerCache | None,
                       rng: jax.Array | None) -> tuple[jax.Array, LayerCache | None]:
             return nnx.merge(graphdef, state)(x, positions, segment_ids, view, rng)
 
@@ -115,23 +117,33 @@ class Transformer(nnx.Module):
                                        prevent_cse=not self.config.scan_layers, static_argnums=(0,))
 
         def layer(graphdef: nnx.GraphDef, state: nnx.State, rng: jax.Array | None, index: jax.Array | int,
-                  x: jax.Array, cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
+                  x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                  cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
             """One block; with a cache it attends over layer `index`'s slots, and only its new ones are written back."""
+            x = sharding.constrain(x, ("batch", "seq", "act_embed"), "block input")
             if cache is None:
-                return run_block(graphdef, state, x, None, rng)[0], None
-            x, view = run_block(graphdef, state, x, layer_view(cache, index), rng)
-            return x, write_layer(cache, index, view, new_slots)
+                x, view = run_block(graphdef, state, x, positions, segment_ids, None, rng)
+            else:
+                x, view = run_block(graphdef, state, x, positions, segment_ids, layer_view(cache, index), rng)
+                cache = write_layer(cache, index, view, new_slots)
+            return sharding.constrain(x, ("batch", "seq", "act_embed"), "block output"), cache
 
         rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.config.num_layers)
         if not self.config.scan_layers:
             for index, block in enumerate(self.layers):
-                x, cache = layer(*nnx.split(block), None if rngs is None else rngs[index], index, x, cache)
+                x, cache = layer(*nnx.split(block), None if rngs is None else rngs[index], index, x, positions,
+                                 segment_ids, cache)
             return x, cache
         graphdef, stacked = nnx.split(self.layers)
 
         def scan_body(carry, xs):  # the layer index rides in the carry: cheaper than scanning over an index array
             x, cache, index = carry
-            return (*layer(graphdef, *xs, index, x, cache), index + 1), None
+            # Positions and segment ids would be loop constants here, and when the scan is differentiated, JAX
+            # hoists whatever the body computes from loop constants alone out of the loop and keeps it alive: the
+            # attention masks of every tile of every kernel, stacked (GBs at T = 4096). Tying them to this
+            # layer's input makes them per-layer values: each layer recomputes its masks, in its own tiles.
+            x, layer_positions, layer_segment_ids = jax.lax.optimization_barrier((x, positions, segment_ids))
+            return (*layer(graphdef, *xs, index, x, layer_positions, layer_segment_ids, cache), index + 1), None
 
         (x, cache, _), _ = jax.lax.scan(scan_body, (x, cache, jnp.int32(0)), (stacked, rngs))
         return x, cache

@@ -12,6 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from devstral_jax import sharding
 from devstral_jax.errors import ConfigError
 
 
@@ -37,7 +38,8 @@ def chunked_loss_sum(hidden: jax.Array, targets: jax.Array, loss_mask: jax.Array
 
     @jax.checkpoint
     def chunk_loss(hidden_chunk: jax.Array, target_chunk: jax.Array, mask_chunk: jax.Array) -> jax.Array:
-        return jnp.sum(token_losses(logits_fn(hidden_chunk), target_chunk) * mask_chunk)
+        logits = sharding.constrain(logits_fn(hidden_chunk), ("batch", "seq", "act_vocab"), "loss chunk logits")
+        return jnp.sum(token_losses(logits, target_chunk) * mask_chunk)
 
     def body(total: jax.Array, chunk: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
         return total + chunk_loss(*chunk), None

@@ -117,6 +117,7 @@ def jit_train_step(step: Callable, state: TrainState, frozen: nnx.State, mesh: M
     Returns (jitted step, state shardings) for placing the state."""
     state_shardings = sharding.state_shardings(state, mesh)
     frozen_shardings = sharding.state_shardings(frozen, mesh)
-    jitted = jax.jit(step, in_shardings=(state_shardings, frozen_shardings, sharding.batch_sharding(mesh)),
+    jitted = jax.jit(sharding.traced_on(step, mesh),  # under the mesh: the model's activation constraints apply
+                     in_shardings=(state_shardings, frozen_shardings, sharding.batch_sharding(mesh)),
                      out_shardings=(state_shardings, None), donate_argnums=(0,))
     return jitted, state_shardings

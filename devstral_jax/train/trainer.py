@@ -78,6 +78,7 @@ def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
         return lora, frozen
 
     abstract = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(config.seed)))
+    sharding.check_params(abstract, mesh)
     graphdef, abstract_lora, abstract_frozen = nnx.split(abstract, LoRAParam, ...)
     out_shardings = (sharding.state_shardings(abstract_lora, mesh), sharding.state_shardings(abstract_frozen, mesh))
     lora, frozen = jax.jit(create, out_shardings=out_shardings)()
