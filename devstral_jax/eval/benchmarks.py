@@ -34,7 +34,7 @@ class Problem:
     def program(self, completion: str) -> Program:
         solution = self.prompt + completion
         return Program(source=solution + "\n" + self.tests, file_name=_file_name(self.name), solution=solution,
-                       completion=completion)
+                       completion=completion, tests=self.tests)
 
 
 def _file_name(name: str) -> str:
