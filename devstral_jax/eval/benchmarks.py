@@ -21,6 +21,7 @@ from devstral_jax.errors import BenchmarkError
 from devstral_jax.eval.verdict import Program
 
 HUMANEVAL_EX = Path(__file__).with_name("data") / "humaneval_ex.jsonl"  # the shipped benchmark: data/HUMANEVAL.md
+OTP_ELIXIR = Path(__file__).with_name("data") / "otp_elixir.jsonl"  # OTP and idioms, written here: data/README.md
 
 
 @dataclasses.dataclass(frozen=True)

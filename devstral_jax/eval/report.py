@@ -42,6 +42,23 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ground_markdown(ground: dict) -> str:
+    """The run's ground (devstral_jax/eval/ground.py) as a short section, its warnings first."""
+    sampling, sandbox = ground["sampling"], ground["sandbox"]
+    lines = ["", "## Ground", ""]
+    lines += [f"- **Warning:** {warning}" for warning in ground["warnings"]]
+    lines += [f"- Elixir {ground['elixir']} on OTP {ground['otp']} (MultiPL-E's evaluation container: Elixir "
+              f"{ground['multipl_e_elixir']} on OTP {ground['multipl_e_otp']})",
+              f"- sandbox {sandbox['mode']} ({'isolated' if sandbox['isolated'] else 'UNCONFINED'}), "
+              f"{ground['timeout']:g} s per program, {ground['workers']} workers",
+              "- sampling: " + (", ".join(f"{key} {value}" for key, value in sampling.items()) if sampling
+                                else "none (completions given)"),
+              "- test modules: " + (", ".join(f"{key} {value}" for key, value in sorted(ground["test_modules"].items()))
+                                    or "none compiled")]
+    lines += [f"- {name}: {b['problems']} problems, digest {b['digest'][:12]}" for name, b in ground["benchmarks"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def pass_at_k_chart(path: Path, summaries: dict[str, dict]) -> None:
     """A grouped bar chart: pass@k (percent) per benchmark."""
     names = [name for name, s in summaries.items() if s["pass@k"]]

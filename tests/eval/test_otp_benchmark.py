@@ -1,6 +1,6 @@
 """The OTP and idiom benchmark (devstral_jax/eval/data/otp_elixir.jsonl): well formed, and every reference
 solution passes while every wrong one fails, both as MultiPL-E runs a program (`elixir file.exs`) and in the
-execution pool, with the same verdict."""
+execution pool, with the same verdict; the data pipeline keeps it out of training data by default."""
 
 import concurrent.futures
 import json
@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import devstral_jax.eval
+from data_pipeline.config import base_config
+from data_pipeline.decontam import Decontaminator, load_benchmarks
 from devstral_jax.eval.benchmarks import load_problems
 from devstral_jax.eval.pool import ExecutionPool
 from devstral_jax.eval.reference_run import run_elixir_file
@@ -88,3 +90,13 @@ def test_the_pool_gives_the_same_verdicts(runs, elixir_file_verdicts):
             assert (verdict.status, verdict.exit_code) == (status, exit_code), (name, kind, verdict, output[-1500:])
     reused = {name for (name, kind, _), verdict in zip(runs, verdicts[len(runs):]) if verdict.cache == "hit"}
     assert len(reused) >= 50  # the others' tests use the candidate at compile time or hold more than one module
+
+
+def test_the_data_pipeline_decontaminates_against_it_by_default(otp_problems):
+    decontam = base_config().decontam
+    assert str(BENCHMARK) in decontam.benchmarks
+    decontaminator = Decontaminator(load_benchmarks(decontam.benchmarks), ngram=decontam.ngram,
+                                    min_chars=decontam.min_chars, min_informative=decontam.min_informative)
+    for record in _records(SOLUTIONS):  # a training file holding a solved problem is dropped
+        hit = decontaminator.find(["```elixir\n" + otp_problems[record["name"]].prompt + record["reference"] + "\n```"])
+        assert hit is not None and hit.problem == record["name"], record["name"]
