@@ -85,3 +85,47 @@ def _percent(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
+
+
+def comparison_markdown(comparison: dict, warnings: list[str]) -> str:
+    """Per benchmark: the pass@k and compile-rate differences with their intervals, the flipped problems, and
+    the status and error-kind shifts (devstral_jax/eval/comparison.py)."""
+    level = f"{100 * comparison['confidence']:g}%"
+    lines = [f"# {comparison['candidate']} vs {comparison['baseline']}", ""]
+    lines += [f"- **Note:** {warning}" for warning in warnings]
+    for name, b in comparison["benchmarks"].items():
+        lines += ["", f"## {name}: {b['problems']} problems, {b['samples']['baseline']} vs "
+                      f"{b['samples']['candidate']} samples", "",
+                  f"| metric | baseline | candidate | difference | {level} interval (paired bootstrap) |",
+                  "|---|---|---|---|---|"]
+        for metric, figure in [*b["pass@k"].items(), ("compile rate", b["compile_rate"])]:
+            lines.append(f"| {metric} | {_percent(figure['baseline'])} | {_percent(figure['candidate'])} | "
+                         f"{_points(figure['difference'])} | [{_points(figure['low'])}, {_points(figure['high'])}] |")
+        lines += ["", f"Fixed ({len(b['fixed'])}): {', '.join(b['fixed']) or 'none'}",
+                  "", f"Broken ({len(b['broken'])}): {', '.join(b['broken']) or 'none'}", "",
+                  "| status | baseline | candidate |", "|---|---|---|"]
+        lines += [f"| {status} | {before} | {after} |" for status, (before, after) in b["statuses"].items()]
+        lines += ["", "| error kind | baseline | candidate |", "|---|---|---|"]
+        lines += [f"| {kind} | {before} | {after} |" for kind, before, after in b["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_chart(path: Path, comparison: dict) -> None:
+    """The differences (percentage points) with their intervals, one row per benchmark and metric, around 0."""
+    rows = [(f"{name} {metric}", figure) for name, b in comparison["benchmarks"].items()
+            for metric, figure in [*b["pass@k"].items(), ("compile rate", b["compile_rate"])]]
+    figure, axes = plt.subplots(figsize=(7.0, 0.9 + 0.45 * len(rows)))
+    for y, (_, value) in enumerate(reversed(rows)):
+        axes.errorbar(100 * value["difference"], y, fmt="o", color="tab:blue",
+                      xerr=[[100 * (value["difference"] - value["low"])], [100 * (value["high"] - value["difference"])]])
+    axes.axvline(0.0, color="grey", linewidth=1)
+    axes.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)])
+    axes.set_xlabel(f"candidate - baseline (percentage points), {100 * comparison['confidence']:g}% interval")
+    axes.set_title("Is the candidate better?")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
