@@ -23,7 +23,8 @@ from devstral_jax.eval import comparison, report
 _BASELINE = flags.DEFINE_string("baseline", None, "The baseline run's launch/evaluate.py --output_dir.")
 _CANDIDATE = flags.DEFINE_string("candidate", None, "The candidate run's launch/evaluate.py --output_dir.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where comparison.json, report.md and comparison.png go.")
-_ALLOW = flags.DEFINE_list("allow", [], f"Ground differences to compare across anyway: {', '.join(comparison.ALLOWABLE)}.")
+_ALLOW = flags.DEFINE_list("allow", [], "Ground differences to compare across anyway: "
+                                        f"{', '.join(comparison.ALLOWABLE)}.")
 _KS = flags.DEFINE_list("ks", ["1", "10", "100"], "pass@k for each k no problem has too few samples for.")
 _RESAMPLES = flags.DEFINE_integer("resamples", 10_000, "Bootstrap resamples of the problems.")
 _CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Confidence level of the intervals.")

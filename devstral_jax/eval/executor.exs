@@ -239,6 +239,8 @@ defmodule DevstralEval.TestCache do
     loaded ++ [load(artifact)]
   end
 
+  defp reuse(_forms, _path, _test_forms, _artifact), do: abort("the program parses differently from its plan")
+
   # Runs `fun` (part of the file); an exception it raises is re-raised if its stack trace prints the same as the
   # whole file's would (it ends before the file's top level), else the attempt is aborted.
   defp guard(fun) do
@@ -260,7 +262,7 @@ defmodule DevstralEval.TestCache do
       {_above, [_compile]} -> length(stack) == @depth
       {_above, [_compile | _below]} -> false
       # Cut off above it, or raised in another process (a module's Erlang compilation): its own stack.
-      {_, []} -> length(stack) == @depth or not Enum.any?(stack, &(elem(&1, 0) in @top_level))
+      {_, []} -> not Enum.any?(stack, &(elem(&1, 0) in @top_level))
     end
   end
 
@@ -407,7 +409,7 @@ defmodule DevstralEval.TestCache do
   defp declarations?({:describe, _, [name, [do: body]]}), do: Macro.quoted_literal?(name) and declarations?(body)
 
   defp declarations?({kind, _, [_ | _] = args}) when kind in [:test, :setup, :setup_all, :def, :defp],
-    do: not unquotes?(args)
+    do: not any_node?(args, &match?({name, _, _} when name in [:unquote, :unquote_splicing], &1))
 
   # Literal attributes: ExUnit's tags, documentation, and the module's own (not Elixir's other reserved ones).
   defp declarations?({:@, _, [{name, _, [value]}]}) when is_atom(name) do
@@ -421,27 +423,18 @@ defmodule DevstralEval.TestCache do
 
   defp declarations?(_), do: false
 
-  defp unquotes?(ast) do
-    {_, found} =
-      Macro.prewalk(ast, false, fn
-        {name, _, _} = node, _ when name in [:unquote, :unquote_splicing] -> {node, true}
-        node, found -> {node, found}
-      end)
-
+  defp any_node?(ast, found?) do
+    {_, found} = Macro.prewalk(ast, false, &{&1, &2 or found?.(&1)})
     found
   end
 
   defp not_defined(name, candidate) do
-    {_, defined} =
-      Macro.prewalk(candidate, false, fn
-        {:defmodule, _, [{:__aliases__, _, atoms} | _]} = node, found ->
-          {node, found or (Enum.all?(atoms, &is_atom/1) and Module.concat(atoms) == name)}
+    defines? = fn
+      {:defmodule, _, [{:__aliases__, _, atoms} | _]} -> Enum.all?(atoms, &is_atom/1) and Module.concat(atoms) == name
+      _ -> false
+    end
 
-        node, found ->
-          {node, found}
-      end)
-
-    if defined, do: {:whole, "the completion defines #{inspect(name)}"}, else: :ok
+    if any_node?(candidate, defines?), do: {:whole, "the completion defines #{inspect(name)}"}, else: :ok
   end
 
   ## The neutral run that makes a reusable test module
@@ -624,8 +617,12 @@ defmodule DevstralEval.Cleanup do
     shadowed ++ changed
   end
 
-  defp from_path?(module, boot) do
+  @doc "Whether `module` was loaded from the code path's directories (`record_boot_modules/1`): shipped code."
+  def from_path?(module, boot) do
     case :code.is_loaded(module) do
+      {:file, :preloaded} ->
+        true
+
       {:file, path} when is_list(path) and path != [] ->
         MapSet.member?(boot.dirs, path |> List.to_string() |> Path.dirname() |> Path.expand())
 
@@ -843,7 +840,7 @@ defmodule DevstralEval.Server do
   defp prepare(info, request, path, dir, context) do
     body = fn _report -> %{"prepared" => TestCache.compile_neutral(path, info)} end
     run = isolated(body, request, dir, context)
-    shipped? = &from_code_path?(&1, context.boot_modules)
+    shipped? = &Cleanup.from_path?(&1, context.boot_modules)
     printed = byte_size(run.stdout) + byte_size(run.stderr)
 
     cond do
@@ -855,19 +852,6 @@ defmodule DevstralEval.Server do
 
   defp taken?(module, context) do
     :code.is_loaded(module) != false or MapSet.member?(context.boot_modules.on_path, Atom.to_string(module))
-  end
-
-  defp from_code_path?(module, boot_modules) do
-    case :code.is_loaded(module) do
-      {:file, :preloaded} ->
-        true
-
-      {:file, path} when is_list(path) and path != [] ->
-        MapSet.member?(boot_modules.dirs, path |> List.to_string() |> Path.dirname() |> Path.expand())
-
-      _ ->
-        false
-    end
   end
 
   defp attempt(request, plan, path, dir, context) do

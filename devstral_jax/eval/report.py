@@ -55,7 +55,8 @@ def ground_markdown(ground: dict) -> str:
                                 else "none (completions given)"),
               "- test modules: " + (", ".join(f"{key} {value}" for key, value in sorted(ground["test_modules"].items()))
                                     or "none compiled")]
-    lines += [f"- {name}: {b['problems']} problems, digest {b['digest'][:12]}" for name, b in ground["benchmarks"].items()]
+    lines += [f"- {name}: {b['problems']} problems, digest {b['digest'][:12]}"
+              for name, b in ground["benchmarks"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -116,8 +117,8 @@ def comparison_chart(path: Path, comparison: dict) -> None:
             for metric, figure in [*b["pass@k"].items(), ("compile rate", b["compile_rate"])]]
     figure, axes = plt.subplots(figsize=(7.0, 0.9 + 0.45 * len(rows)))
     for y, (_, value) in enumerate(reversed(rows)):
-        axes.errorbar(100 * value["difference"], y, fmt="o", color="tab:blue",
-                      xerr=[[100 * (value["difference"] - value["low"])], [100 * (value["high"] - value["difference"])]])
+        below, above = value["difference"] - value["low"], value["high"] - value["difference"]
+        axes.errorbar(100 * value["difference"], y, xerr=[[100 * below], [100 * above]], fmt="o", color="tab:blue")
     axes.axvline(0.0, color="grey", linewidth=1)
     axes.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)])
     axes.set_xlabel(f"candidate - baseline (percentage points), {100 * comparison['confidence']:g}% interval")

@@ -74,6 +74,8 @@ ATTACKS = {
                             "fallback"),
     "unused_import_the_tests_use": ("Enum.join(strings)\n  end\n  import ExUnit.Assertions\nend\n", "fallback"),
     "raises_while_defined": ('Enum.join(strings)\n  end\n  raise "boom"\nend\n', "fallback"),
+    "breaks_ex_unit_start": ("Enum.join(strings)\n  end\n  Process.register(spawn(fn -> Process.sleep(:infinity) "
+                             "end), ExUnit.Server)\nend\n", "fallback"),
     "undefined_function": ("helper(strings)" + END, "skip"),
     "redefines_ex_unit_while_compiling": (
         "Enum.join(strings)\n  end\n  Module.create(ExUnit.Assertions, quote(do: def(x, do: 1)), __ENV__)\nend\n",
