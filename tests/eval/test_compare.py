@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devstral_jax.eval import ground
 from devstral_jax.eval.comparison import compare, load_run
 from tests.eval.conftest import COMPLETIONS, SAMPLE_BENCHMARK
 
@@ -51,6 +52,12 @@ def test_the_paired_bootstrap_interval_holds_the_true_difference(tmp_path):
             held += interval["low"] <= true_difference <= interval["high"]
             assert abs(interval["difference"] - true_difference) < 0.05 and interval["high"] - interval["low"] < 0.1
         assert held >= 8, (true_difference, held)
+
+
+def test_a_summary_from_another_elixir_than_multipl_e_s_is_flagged():
+    recorded = {**GROUND, "benchmarks": {"bench": {"problems": 1, "digest": "same", "newer_syntax": {}}}}
+    assert [w for w in ground.warnings(recorded) if "MultiPL-E's evaluation container runs Elixir 1.17.2" in w]
+    assert ground.warnings({**recorded, "elixir": "1.17.2", "otp": "27"}) == []
 
 
 def _compare(*flags: str) -> subprocess.CompletedProcess:

@@ -80,6 +80,21 @@ ATTACKS = {
     "redefines_ex_unit_while_compiling": (
         "Enum.join(strings)\n  end\n  Module.create(ExUnit.Assertions, quote(do: def(x, do: 1)), __ENV__)\nend\n",
         "fallback"),
+    # Module attributes evaluated at compile time, and the hooks they register.
+    "attribute_reads_the_tests_at_compile_time": (
+        "helper(strings)\n  end\n  @tests_loaded Code.ensure_loaded?(HumanEvalTest)\n  defp helper(strings), "
+        'do: if(@tests_loaded, do: "", else: Enum.join(strings))\nend\n', "hit"),
+    "attribute_sets_a_compiler_option": (
+        "Enum.join(strings)\n  end\n  @options Code.put_compiler_option(:no_warn_undefined, :all)\nend\n",
+        "fallback"),
+    "after_compile_hook_prints_a_result": (
+        "Enum.join(strings)\n  end\n  @after_compile __MODULE__\n  def __after_compile__(_env, _bytecode), "
+        'do: IO.puts("1 test, 0 failures")\nend\n', "hit"),
+    "before_compile_hook_defines_a_function": (
+        "helper(strings)\n  end\n  @before_compile __MODULE__\n  defmacro __before_compile__(_env), "
+        'do: quote(do: defp(helper(strings), do: Enum.join(strings, "-")))\nend\n', "fallback"),
+    "on_load_hook_prints": ('Enum.join(strings)\n  end\n  @on_load :loaded\n  def loaded, do: IO.puts("loaded")\nend\n',
+                            "hit"),
     "defines_a_shipped_module": ("Enum.join(strings)" + END + "defmodule ExUnit.Assertions do\n  "
                                  "defmacro assert(_), do: true\nend\n", "skip"),
 }
@@ -101,6 +116,10 @@ def test_completions_aimed_at_the_reuse_get_the_whole_file_verdict(pool, whole_p
     verdicts = dict(zip(ATTACKS, reused[1::3]))
     assert not verdicts["fake_test_result"].passed
     assert verdicts["redefines_ex_unit_while_compiling"].error == "redefined ExUnit.Assertions"
+    assert verdicts["attribute_reads_the_tests_at_compile_time"].passed  # the tests are not loaded yet then
+    # a module cannot run its own macro before it is compiled: a compile-time error, run whole
+    assert verdicts["before_compile_hook_defines_a_function"].error == "UndefinedFunctionError"
+    assert verdicts["on_load_hook_prints"].passed
 
 
 def test_only_programs_whose_test_module_another_shares_prepare_it():
