@@ -40,6 +40,8 @@ defmodule Floor do
     end
 
     Application.stop(:ex_unit)
+    # ExUnit.start/1 turned autorun off; the next program's ExUnit.start must register its tests again.
+    Application.put_env(:ex_unit, :autorun, true)
     # A file whose loading raised stays locked in Elixir's code server until it is unrequired.
     Code.unrequire_files([file | Code.required_files()])
 

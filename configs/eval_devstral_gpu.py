@@ -7,7 +7,7 @@
 import ml_collections
 
 from devstral_jax.config import preset, to_config_dict
-from devstral_jax.eval.benchmarks import HUMANEVAL_EX
+from devstral_jax.eval.benchmarks import HUMANEVAL_EX, OTP_ELIXIR
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = to_config_dict(preset("devstral_small_2507", dtype="bfloat16", param_dtype="bfloat16",
                                          remat_policy="none", attn_storage="nf4", mlp_storage="nf4"))
     config.eval = ml_collections.ConfigDict(dict(
-        benchmarks=(str(HUMANEVAL_EX),),  # MultiPL-E JSONL files, when no --benchmark is given
+        benchmarks=(str(HUMANEVAL_EX), str(OTP_ELIXIR)),  # MultiPL-E JSONL files, when no --benchmark is given
         num_samples=20,
         temperature=0.2,
         top_k=0,

@@ -7,7 +7,7 @@
 import ml_collections
 
 from devstral_jax.config import preset, to_config_dict
-from devstral_jax.eval.benchmarks import HUMANEVAL_EX
+from devstral_jax.eval.benchmarks import HUMANEVAL_EX, OTP_ELIXIR
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     # scan_layers, lora_*) apply to every model loaded, e.g. --config.model.mlp_storage=nf4.
     config.model = to_config_dict(preset("tiny", dtype="float32", param_dtype="float32", remat_policy="none"))
     config.eval = ml_collections.ConfigDict(dict(
-        benchmarks=(str(HUMANEVAL_EX),),  # MultiPL-E JSONL files, when no --benchmark is given
+        benchmarks=(str(HUMANEVAL_EX), str(OTP_ELIXIR)),  # MultiPL-E JSONL files, when no --benchmark is given
         num_samples=1,  # completions per problem (n of pass@k)
         temperature=0.0,  # 0 = greedy
         top_k=0,

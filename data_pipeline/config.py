@@ -1,7 +1,7 @@
 """The pipeline's settings: `base_config()` holds every default; configs/data_*.py override a few.
 
 Relative paths (output_dir, local sources, benchmarks) are taken from the working directory; every default
-path is inside the package (the shipped HumanEval-Elixir for decontamination).
+path is inside the package (the shipped HumanEval-Elixir and OTP benchmark for decontamination).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import ml_collections
 
 from data_pipeline import PipelineError
-from devstral_jax.eval.benchmarks import HUMANEVAL_EX
+from devstral_jax.eval.benchmarks import HUMANEVAL_EX, OTP_ELIXIR
 
 MiB = 1 << 20
 
@@ -66,8 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
         generated_marker_lines=5))
     c.dedup = ml_collections.ConfigDict(dict(ngram=5, num_perm=256, threshold=0.7))
     # min_informative: tokens of a matching n-gram that must be words, not numbers or the benchmark's scaffold.
-    c.decontam = ml_collections.ConfigDict(dict(benchmarks=(str(HUMANEVAL_EX),), ngram=13, min_chars=40,
-                                                min_informative=3))
+    # The benchmarks' JSONL files (not their folder: the OTP benchmark's solutions file beside it is no benchmark).
+    c.decontam = ml_collections.ConfigDict(dict(benchmarks=(str(HUMANEVAL_EX), str(OTP_ELIXIR)), ngram=13,
+                                                min_chars=40, min_informative=3))
     # fim_spans middles per file, each with fim_context_lines of prefix and suffix (not the whole file again).
     c.instruct = ml_collections.ConfigDict(dict(
         fim_rate=0.5, max_value_questions=3, min_doc_chars=20, min_moduledoc_chars=80, max_context_chars=16_000,

@@ -8,13 +8,16 @@
         [--benchmark=humaneval-elixir.jsonl] --output_dir=eval_out   # score given completions, no model
 
 Writes to --output_dir: results.jsonl (every sample: completion, verdict, time, output), summary.json (all
-metrics per benchmark), report.md (a table) and pass_at_k.png; samples/<benchmark>.jsonl keeps each finished
+metrics per benchmark, and the ground they stand on: Elixir/OTP, sandbox, time limit, sampling, problems),
+report.md (a table and the ground) and pass_at_k.png; samples/<benchmark>.jsonl keeps each finished
 generation batch, so rerunning the same command after an interruption samples only what is missing. Every
 input is read and checked, and the model loaded, before --output_dir is touched; the results are written
 in it under a temporary folder (.partial/) and swapped in only when all of them are complete, so a failed
 run leaves the previous results as they were.
-Benchmarks are MultiPL-E JSONL files (see devstral_jax/eval/benchmarks.py); --doctest_records builds the
-doctest benchmark from the data pipeline's held-out (validation) records and saves it as doctests.jsonl.
+Benchmarks are MultiPL-E JSONL files (see devstral_jax/eval/benchmarks.py); a model with no --benchmark is
+evaluated on the config's `eval.benchmarks` (HumanEval-Elixir and the OTP benchmark); --doctest_records builds
+the doctest benchmark from the data pipeline's held-out (validation) records and saves it as doctests.jsonl.
+Compare two runs with launch/compare.py.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from tqdm import tqdm
 from devstral_jax.cli import run
 from devstral_jax.config import EXECUTION_FIELDS, PRESETS, ModelConfig, from_config_dict, preset
 from devstral_jax.errors import FlagError
-from devstral_jax.eval import doctests, metrics, report
+from devstral_jax.eval import doctests, ground, metrics, report
 from devstral_jax.eval.benchmarks import Problem, load_completions, load_problems
 from devstral_jax.eval.perplexity import perplexity
 from devstral_jax.eval.pool import ExecutionPool
@@ -50,7 +53,8 @@ from devstral_jax.train.trainer import restore_trained_model, run_tokenizer
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/eval_tiny_cpu.py.")
 _MODEL = flags.DEFINE_string("model", None, "An HF model directory, a GGUF file, a training workdir, or "
                              "random:<preset> (random weights, for tests).")
-_BENCHMARKS = flags.DEFINE_multi_string("benchmark", [], "A MultiPL-E-format JSONL benchmark (repeatable).")
+_BENCHMARKS = flags.DEFINE_multi_string("benchmark", [], "A MultiPL-E-format JSONL benchmark (repeatable); with "
+                                        "--model, the config's eval.benchmarks when none is given.")
 _COMPLETIONS = flags.DEFINE_string("completions", None, "Score the completions in this JSONL file instead of sampling.")
 _DOCTEST_RECORDS = flags.DEFINE_multi_string("doctest_records", [], "Glob of record JSONL shards: build the "
                                              "doctest benchmark from their held-out (validation) .ex files.")
@@ -81,7 +85,7 @@ def setup(argv: list[str], config) -> Evaluation:
     output_dir = Path(_OUTPUT_DIR.value)
     evaluation = Evaluation(output_dir=output_dir, staging=output_dir / ".partial",
                             benchmarks={Path(path).stem: _first(load_problems(path), config.eval.max_problems)
-                                        for path in _BENCHMARKS.value})
+                                        for path in _benchmark_paths(config)})
     if _COMPLETIONS.value:
         problems, evaluation.given_completions = load_completions(_COMPLETIONS.value,
                                                                   next(iter(evaluation.benchmarks.values()), None))
@@ -118,7 +122,8 @@ def _check_flags(argv: list[str], settings) -> None:
         raise FlagError("Pass --model (to sample completions) or --completions (to score given ones).")
     if _MODEL.value and _COMPLETIONS.value:
         raise FlagError("Pass either --model or --completions, not both.")
-    if _MODEL.value and not (_BENCHMARKS.value or _DOCTEST_RECORDS.value or _PERPLEXITY_RECORDS.value):
+    if _MODEL.value and not (_BENCHMARKS.value or settings.benchmarks or _DOCTEST_RECORDS.value
+                             or _PERPLEXITY_RECORDS.value):
         raise FlagError("Nothing to evaluate: pass --benchmark, --doctest_records or --perplexity_records.")
     if _COMPLETIONS.value and len(_BENCHMARKS.value) > 1:
         raise FlagError("With --completions pass at most one --benchmark (the one they answer).")
@@ -127,6 +132,11 @@ def _check_flags(argv: list[str], settings) -> None:
                         "completions and the perplexity come from the model.")
     if settings.temperature == 0 and settings.num_samples > 1:
         logging.warning("num_samples=%d with greedy decoding: every sample is the same.", settings.num_samples)
+
+
+def _benchmark_paths(config) -> list[str]:
+    """--benchmark, or with --model the config's default benchmarks (given completions name their own)."""
+    return _BENCHMARKS.value or (list(config.eval.benchmarks) if _MODEL.value else [])
 
 
 def load_model(spec: str, model_config: ModelConfig, seed: int) -> tuple[Transformer, Tokenizer]:
@@ -219,7 +229,7 @@ def evaluate(evaluation: Evaluation, config) -> tuple[dict[str, dict], dict]:
                                     _sampling_fingerprint(problems, settings, config.seed))
                 completions = sample_completions(sampler, problems, settings, config.seed, store)
             summaries[name] = evaluate_benchmark(name, problems, completions, pool, settings, evaluation.staging)
-    extra = {}
+        extra = {"ground": ground.record(settings, config.seed if sampler else None, pool, benchmarks)}
     if evaluation.perplexity_texts is not None:
         extra["perplexity"] = perplexity(evaluation.model, evaluation.tokenizer, evaluation.perplexity_texts,
                                          seq_len=settings.perplexity_seq_len,
@@ -234,6 +244,9 @@ def write_report(output_dir: Path, summaries: dict[str, dict], extra: dict) -> N
     if "perplexity" in extra:
         table += (f"\nPerplexity on held-out Elixir: {extra['perplexity']['perplexity']:.3f} "
                   f"({extra['perplexity']['tokens']:,} tokens)\n")
+    table += report.ground_markdown(extra["ground"])
+    for warning in extra["ground"]["warnings"]:
+        logging.warning(warning)
     (output_dir / "report.md").write_text(table)
     if summaries:
         report.pass_at_k_chart(output_dir / "pass_at_k.png", summaries)

@@ -6,6 +6,7 @@
     parse.py      its Python face: parse_source -> ParsedFile(Module(Function(Doctest...)))
     doctests.py   doctests -> ExUnit test modules
     quote.py      Python text -> Elixir string literals
+    versions.py   the installed Elixir/OTP, syntax newer than it, MultiPL-E's Elixir
 
 Server scripts that belong to one user live with it: the evaluation's sandboxed executor
 (eval/executor.exs) and the data pipeline's OTP docs source (data_pipeline/sources/otp_docs.exs).

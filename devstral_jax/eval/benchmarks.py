@@ -21,6 +21,7 @@ from devstral_jax.errors import BenchmarkError
 from devstral_jax.eval.verdict import Program
 
 HUMANEVAL_EX = Path(__file__).with_name("data") / "humaneval_ex.jsonl"  # the shipped benchmark: data/HUMANEVAL.md
+OTP_ELIXIR = Path(__file__).with_name("data") / "otp_elixir.jsonl"  # OTP and idioms, written here: data/README.md
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Problem:
     def program(self, completion: str) -> Program:
         solution = self.prompt + completion
         return Program(source=solution + "\n" + self.tests, file_name=_file_name(self.name), solution=solution,
-                       completion=completion)
+                       completion=completion, tests=self.tests)
 
 
 def _file_name(name: str) -> str:

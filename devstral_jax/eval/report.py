@@ -42,6 +42,24 @@ def markdown_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ground_markdown(ground: dict) -> str:
+    """The run's ground (devstral_jax/eval/ground.py) as a short section, its warnings first."""
+    sampling, sandbox = ground["sampling"], ground["sandbox"]
+    lines = ["", "## Ground", ""]
+    lines += [f"- **Warning:** {warning}" for warning in ground["warnings"]]
+    lines += [f"- Elixir {ground['elixir']} on OTP {ground['otp']} (MultiPL-E's evaluation container: Elixir "
+              f"{ground['multipl_e_elixir']} on OTP {ground['multipl_e_otp']})",
+              f"- sandbox {sandbox['mode']} ({'isolated' if sandbox['isolated'] else 'UNCONFINED'}), "
+              f"{ground['timeout']:g} s per program, {ground['workers']} workers",
+              "- sampling: " + (", ".join(f"{key} {value}" for key, value in sampling.items()) if sampling
+                                else "none (completions given)"),
+              "- test modules: " + (", ".join(f"{key} {value}" for key, value in sorted(ground["test_modules"].items()))
+                                    or "none compiled")]
+    lines += [f"- {name}: {b['problems']} problems, digest {b['digest'][:12]}"
+              for name, b in ground["benchmarks"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def pass_at_k_chart(path: Path, summaries: dict[str, dict]) -> None:
     """A grouped bar chart: pass@k (percent) per benchmark."""
     names = [name for name, s in summaries.items() if s["pass@k"]]
@@ -68,3 +86,47 @@ def _percent(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
+
+
+def comparison_markdown(comparison: dict, warnings: list[str]) -> str:
+    """Per benchmark: the pass@k and compile-rate differences with their intervals, the flipped problems, and
+    the status and error-kind shifts (devstral_jax/eval/comparison.py)."""
+    level = f"{100 * comparison['confidence']:g}%"
+    lines = [f"# {comparison['candidate']} vs {comparison['baseline']}", ""]
+    lines += [f"- **Note:** {warning}" for warning in warnings]
+    for name, b in comparison["benchmarks"].items():
+        lines += ["", f"## {name}: {b['problems']} problems, {b['samples']['baseline']} vs "
+                      f"{b['samples']['candidate']} samples", "",
+                  f"| metric | baseline | candidate | difference | {level} interval (paired bootstrap) |",
+                  "|---|---|---|---|---|"]
+        for metric, figure in [*b["pass@k"].items(), ("compile rate", b["compile_rate"])]:
+            lines.append(f"| {metric} | {_percent(figure['baseline'])} | {_percent(figure['candidate'])} | "
+                         f"{_points(figure['difference'])} | [{_points(figure['low'])}, {_points(figure['high'])}] |")
+        lines += ["", f"Fixed ({len(b['fixed'])}): {', '.join(b['fixed']) or 'none'}",
+                  "", f"Broken ({len(b['broken'])}): {', '.join(b['broken']) or 'none'}", "",
+                  "| status | baseline | candidate |", "|---|---|---|"]
+        lines += [f"| {status} | {before} | {after} |" for status, (before, after) in b["statuses"].items()]
+        lines += ["", "| error kind | baseline | candidate |", "|---|---|---|"]
+        lines += [f"| {kind} | {before} | {after} |" for kind, before, after in b["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_chart(path: Path, comparison: dict) -> None:
+    """The differences (percentage points) with their intervals, one row per benchmark and metric, around 0."""
+    rows = [(f"{name} {metric}", figure) for name, b in comparison["benchmarks"].items()
+            for metric, figure in [*b["pass@k"].items(), ("compile rate", b["compile_rate"])]]
+    figure, axes = plt.subplots(figsize=(7.0, 0.9 + 0.45 * len(rows)))
+    for y, (_, value) in enumerate(reversed(rows)):
+        below, above = value["difference"] - value["low"], value["high"] - value["difference"]
+        axes.errorbar(100 * value["difference"], y, xerr=[[100 * below], [100 * above]], fmt="o", color="tab:blue")
+    axes.axvline(0.0, color="grey", linewidth=1)
+    axes.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)])
+    axes.set_xlabel(f"candidate - baseline (percentage points), {100 * comparison['confidence']:g}% interval")
+    axes.set_title("Is the candidate better?")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"

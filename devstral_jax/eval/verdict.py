@@ -24,6 +24,7 @@ class Program:
     file_name: str = "program.exs"
     solution: str | None = None  # prompt + completion: where compiler warnings count
     completion: str | None = None  # judged for formatting (Code.format_string! on the solution leaves it unchanged)
+    tests: str | None = None  # the tests the source ends with: the pool may reuse their compiled module
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Verdict:
     seconds: float
     stdout: str = ""
     stderr: str = ""
+    # The tests' compiled module: "hit" (reused), "skip" (compiled with the file: the program cannot share it),
+    # "fallback" (a reuse found the program differs at run time; the file was run whole), "off" (not tried).
+    cache: str = "off"
 
     @property
     def passed(self) -> bool:

@@ -1,4 +1,4 @@
-"""A fresh clone has no ../shared: every default path (decontamination's benchmark, evaluation's, the demo's
+"""A fresh clone has no ../shared: every default path (decontamination's benchmarks, evaluation's, the demo's
 local source) is inside the repository, and `prepare_data.py --config=configs/data_otp_docs.py` runs there."""
 
 import importlib.util
@@ -48,8 +48,8 @@ def test_prepare_data_runs_in_a_clone_without_shared(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["decontamination"]["benchmarks"] == {"humaneval_ex.jsonl": 161}
-    assert manifest["config"]["decontam"]["benchmarks"] == [str(clone / "devstral_jax" / "eval" / "data" /
-                                                                 "humaneval_ex.jsonl")]
+    assert manifest["decontamination"]["benchmarks"] == {"humaneval_ex.jsonl": 161, "otp_elixir.jsonl": 67}
+    assert manifest["config"]["decontam"]["benchmarks"] == [str(clone / "devstral_jax" / "eval" / "data" / name)
+                                                            for name in ("humaneval_ex.jsonl", "otp_elixir.jsonl")]
     assert {unit["kind"] for unit in manifest["units"]} == {"otp_docs", "local"}
     assert manifest["splits"]["train"]["records"] > 0

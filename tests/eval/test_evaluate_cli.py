@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devstral_jax.elixir.versions import installed_elixir
+from devstral_jax.eval.benchmarks import OTP_ELIXIR, load_problems
 from tests.eval.conftest import COMPLETIONS, SAMPLE_BENCHMARK
 from tests.eval.test_benchmarks import LIBRARY
 
@@ -52,7 +54,7 @@ def test_samples_from_random_tiny_weights_with_doctests_and_perplexity(tmp_path)
 
 def test_user_mistakes_are_one_line_errors(tmp_path):
     for flags, message in [((), "Pass --model"),
-                           (("--model=random:tiny",), "Nothing to evaluate"),
+                           (("--model=random:tiny", "--config.eval.benchmarks=()"), "Nothing to evaluate"),
                            (("--model=random:huge", f"--benchmark={SAMPLE_BENCHMARK}"), "unknown preset"),
                            ((f"--model={tmp_path}", f"--benchmark={SAMPLE_BENCHMARK}"), "neither a model directory"),
                            ((f"--completions={tmp_path / 'none.jsonl'}",), "No such file"),
@@ -100,3 +102,47 @@ def test_an_interrupted_sampling_run_resumes_with_the_same_samples_and_refuses_o
     other = _evaluate(*flags[:-1], "--config.eval.temperature=0.5", f"--output_dir={tmp_path}")
     assert other.returncode != 0 and "holds samples made with other settings (they differ in sampling)" in \
         other.stderr and "Traceback" not in other.stderr
+
+
+def test_scores_the_otp_benchmark_and_records_the_ground(tmp_path):
+    problems = load_problems(OTP_ELIXIR)[:3]
+    solutions = {line["name"]: line for line in map(json.loads, (OTP_ELIXIR.parent / "otp_elixir_solutions.jsonl")
+                                                       .read_text().splitlines())}
+    # One more problem whose tests use a multi-letter sigil (Elixir 1.15): no completion can pass it here.
+    newer = {"name": "uses_vec", "prompt": problems[0].prompt, "tests": "ExUnit.start()\nx = ~VEC[1 2]\n",
+             "stop_tokens": []}
+    benchmark = tmp_path / "otp3.jsonl"
+    benchmark.write_text("".join(json.dumps({"name": p.name, "prompt": p.prompt, "tests": p.tests,
+                                              "stop_tokens": list(p.stop_tokens)}) + "\n" for p in problems)
+                         + json.dumps(newer) + "\n")
+    completions = tmp_path / "references.jsonl"
+    completions.write_text("".join(json.dumps({"name": p.name, "completion": solutions[p.name]["reference"]}) + "\n"
+                                   for p in problems) + json.dumps({"name": "uses_vec", "completion": ""}) + "\n")
+    result = _evaluate(f"--completions={completions}", f"--benchmark={benchmark}", "--config.eval.timeout=10",
+                       f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [row["status"] for row in rows] == ["OK", "OK", "OK", "SyntaxError"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    ground = summary["ground"]
+    assert ground["elixir"] == installed_elixir() and ground["otp"].isdigit() and ground["timeout"] == 10
+    assert ground["sandbox"]["mode"] == "required" and ground["sampling"] is None
+    assert ground["benchmarks"]["references"]["newer_syntax"] == {
+        "uses_vec": ["tests line 2: needs a newer Elixir: 1.15+ (multi-letter sigil ~VEC), installed "
+                     f"{installed_elixir()}"]}
+    assert any("uses_vec" in warning for warning in ground["warnings"])
+    if ground["elixir"] != ground["multipl_e_elixir"]:
+        assert any("MultiPL-E's evaluation container runs Elixir" in warning for warning in ground["warnings"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Ground" in report and "none (completions given)" in report and "uses_vec" in report
+
+
+def test_a_model_without_benchmarks_runs_the_configured_ones(tmp_path):
+    result = _evaluate("--model=random:tiny", "--config.eval.max_problems=1", "--config.eval.max_new_tokens=4",
+                       f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["benchmarks"]) == {"humaneval_ex", "otp_elixir"}
+    assert summary["ground"]["sampling"] == {"seed": 0, "num_samples": 1, "temperature": 0.0, "top_k": 0,
+                                             "top_p": 1.0, "max_new_tokens": 4, "batch_size": 8,
+                                             "steps_per_call": 16}

@@ -19,14 +19,19 @@ TIMEOUT = 3.0  # the pool fixture's
 
 def test_verdicts_equal_multiple_running_elixir_file_exs(pool, problems, hand_written):
     programs = [problems[name].program(completion) for name, _, completion in hand_written]
-    verdicts = pool.run(programs)
+    # Every program twice: the second time, those whose tests compile reuse their problem's compiled test module.
+    verdicts = pool.run(programs + programs)
+    first, second = verdicts[:len(programs)], verdicts[len(programs):]
     # The VM start is in `elixir file.exs`'s time: give it room on a busy machine, except for the loops.
     timeouts = [TIMEOUT if kind == "infinite_loop" else 30.0 for _, kind, _ in hand_written]
     with concurrent.futures.ThreadPoolExecutor(2) as threads:
         reference = list(threads.map(lambda pt: run_elixir_file(*pt), zip(programs, timeouts)))
-    for (name, kind, _), verdict, (status, exit_code, output) in zip(hand_written, verdicts, reference):
-        assert (verdict.status, verdict.exit_code) == (status, exit_code), (name, kind, verdict, output[-1500:])
-    kinds = {kind: verdict.status for (_, kind, _), verdict in zip(hand_written, verdicts)}
+    for (name, kind, _), *runs, (status, exit_code, output) in zip(hand_written, first, second, reference):
+        for verdict in runs:
+            assert (verdict.status, verdict.exit_code) == (status, exit_code), (name, kind, verdict, output[-1500:])
+    assert {kind for (_, kind, _), verdict in zip(hand_written, second) if verdict.cache == "hit"} == \
+        {"correct", "wrong", "raises", "infinite_loop"}
+    kinds = {kind: verdict.status for (_, kind, _), verdict in zip(hand_written, first)}
     # Every MultiPL-E label occurs, so the comparison above covered them all.
     assert kinds == {"correct": "OK", "wrong": "AssertionError", "syntax_error": "SyntaxError",
                      "missing_end": "Exception", "compile_error": "Exception", "raises": "Exception",
