@@ -45,7 +45,7 @@ from devstral_jax.hf.load import load as load_hf
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
 from devstral_jax.tokenizer import load_tekken
-from devstral_jax.train.trainer import restore_trained_model
+from devstral_jax.train.trainer import is_workdir, restore_trained_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/eval_tiny_cpu.py.")
 _MODEL = flags.DEFINE_string("model", None, "An HF model directory, a training workdir, or random:<preset> "
@@ -57,6 +57,8 @@ _DOCTEST_RECORDS = flags.DEFINE_multi_string("doctest_records", [], "Glob of rec
 _PERPLEXITY_RECORDS = flags.DEFINE_multi_string("perplexity_records", [], "Glob of record JSONL shards: "
                                                 "perplexity on their held-out (validation) text.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results.jsonl, summary.json, report.md and the chart go.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "With --model=<training workdir>: the checkpoint to evaluate: "
+                                  "best (lowest validation loss), latest, or a step number.")
 flags.mark_flags_as_required(["config", "output_dir"])
 
 
@@ -71,6 +73,7 @@ class Evaluation:
     perplexity_texts: list[str] | None = None
     model: Transformer | None = None
     tokenizer: Any = None
+    checkpoint: dict | None = None  # the training checkpoint evaluated (--model=<training workdir>)
 
 
 def setup(argv: list[str], config) -> Evaluation:
@@ -94,7 +97,8 @@ def setup(argv: list[str], config) -> Evaluation:
     if evaluation.output_dir.exists() and not evaluation.output_dir.is_dir():
         raise FlagError(f"--output_dir={evaluation.output_dir} is a file; pass a directory.")
     if _MODEL.value:
-        evaluation.model, evaluation.tokenizer = load_model(_MODEL.value, model_config, config.seed)
+        evaluation.model, evaluation.tokenizer, evaluation.checkpoint = load_model(
+            _MODEL.value, model_config, config.seed, _CHECKPOINT.value)
         print(f"model: {_MODEL.value} ({evaluation.model.config.num_params:,} parameters) on "
               f"{jax.devices()[0].platform}")
     evaluation.output_dir.mkdir(parents=True, exist_ok=True)
@@ -129,30 +133,32 @@ def _check_flags(argv: list[str], settings) -> None:
         logging.warning("num_samples=%d with greedy decoding: every sample is the same.", settings.num_samples)
 
 
-def load_model(spec: str, model_config: ModelConfig, seed: int):
-    """(model, tokenizer) for `--model`: an HF directory, a training workdir (base + trained adapters), or
-    `random:<preset>`."""
+def load_model(spec: str, model_config: ModelConfig, seed: int, checkpoint: str = "best"):
+    """(model, tokenizer, checkpoint) for `--model`: an HF directory, a training workdir (base + the trained
+    adapters of its `checkpoint`, which is returned: which step and why), or `random:<preset>`."""
     execution = {name: getattr(model_config, name) for name in EXECUTION_FIELDS}
     if spec.startswith("random:"):
         name = spec.removeprefix("random:")
         if name not in PRESETS:
             raise FlagError(f"--model=random:{name}: unknown preset; choose one of {sorted(PRESETS)}.")
-        return Transformer(preset(name, **execution), rngs=nnx.Rngs(seed)), load_tekken()
+        return Transformer(preset(name, **execution), rngs=nnx.Rngs(seed)), load_tekken(), None
+    if is_workdir(spec):
+        model, _, meta = restore_trained_model(spec, checkpoint)
+        print(f"checkpoint: {meta['checkpoint']['why']} of {spec}")
+        return (model, _checked_vocab(model, load_tekken(), f"--model={spec}", "the packaged Tekken", exact=False),
+                meta["checkpoint"])
     path = Path(spec)
     if not path.is_dir():
         raise FlagError(f"--model={spec}: no such directory (pass an HF model directory or random:<preset>).")
-    if (path / "checkpoints").is_dir():
-        model, _, _ = restore_trained_model(str(path))
-        return model, _checked_vocab(model, load_tekken(), f"--model={spec}", "the packaged Tekken", exact=False)
     if not (path / "config.json").is_file() and not (path / "params.json").is_file():
         raise FlagError(f"--model={spec} is neither a model directory (config.json or params.json) nor a "
                         "training workdir (checkpoints/).")
     loaded = load_hf(path, seed=seed, **execution)
     if loaded.tokenizer is not None:
         return loaded.model, _checked_vocab(loaded.model, loaded.tokenizer, f"--model={spec}", "its tekken.json",
-                                            exact=False)
+                                            exact=False), None
     return loaded.model, _checked_vocab(loaded.model, load_tekken(), f"--model={spec}",
-                                        "the packaged Tekken (the folder has no tekken.json)", exact=True)
+                                        "the packaged Tekken (the folder has no tekken.json)", exact=True), None
 
 
 def _checked_vocab(model: Transformer, tokenizer, model_name: str, tokenizer_name: str, exact: bool):
@@ -269,6 +275,8 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     evaluation = setup(argv, config)
     summaries, extra = evaluate(evaluation, config)
+    if evaluation.checkpoint is not None:
+        extra["checkpoint"] = evaluation.checkpoint
     write_report(evaluation.staging, summaries, extra)
     publish(evaluation)
 

@@ -42,6 +42,7 @@ from etils import epath
 from devstral_jax.data.records import Record, RecordError
 from devstral_jax.data.tokenize import RecordTokenizer, training_windows
 from devstral_jax.errors import DataError
+from devstral_jax.storage import is_remote
 
 MAX_WINDOWS_PER_RECORD = 256  # a record longer than this many rows is cut (and counted in the log)
 FEATURES = ("inputs", "targets", "loss_mask")
@@ -65,10 +66,6 @@ class DataSpec:
 
 
 # --- which files -----------------------------------------------------------------------------------------------
-
-def is_remote(path: str | os.PathLike) -> bool:
-    return "://" in os.fspath(path)
-
 
 def shard_files(paths: tuple[str, ...], split: str) -> list[str]:
     """Expands directories and globs to `.jsonl` / `.array_record` files, each once (by path, then by content),

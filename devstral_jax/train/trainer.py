@@ -27,6 +27,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -39,6 +40,7 @@ from devstral_jax.errors import CheckpointError, TrainingError
 from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
+from devstral_jax.storage import absolute
 from devstral_jax.tokenizer import tekken_file
 from devstral_jax.train import config as train_config
 from devstral_jax.train.fingerprint import allowed_changes, differences, run_fingerprint
@@ -72,7 +74,7 @@ def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
             raise TrainingError(f"config.model disagrees with the checkpoint in {config.base} on {differing}; "
                                 "set config.model from that checkpoint's preset (or its config.json).")
         graphdef, lora, frozen = nnx.split(loaded.model, LoRAParam, ...)
-        return graphdef, lora, frozen, os.path.abspath(config.base)
+        return graphdef, lora, frozen, absolute(config.base)
 
     def create() -> tuple[nnx.State, nnx.State]:
         _, lora, frozen = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)), LoRAParam, ...)
@@ -231,11 +233,12 @@ def _check_batch_shape(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 
 def _make_workdir(workdir: str) -> str:
-    workdir = os.path.abspath(workdir)
+    """`workdir` made absolute (a URL stays one) and created."""
+    workdir = absolute(workdir)
     try:
-        os.makedirs(workdir, exist_ok=True)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise TrainingError(f"Cannot use {workdir} as the workdir: {e.strerror}. Pass a directory.") from None
+        raise TrainingError(f"Cannot use {workdir} as the workdir: {e.strerror or e}. Pass a directory.") from None
     return workdir
 
 
@@ -244,7 +247,7 @@ def _resume_or_start(run: _Run, fresh: TrainState) -> TrainState:
     previous stage's adapters if `train.init_adapters_from` names one."""
     fingerprint = run.meta["base_fingerprint"]
     checkpoints = os.path.join(run.workdir, "checkpoints")
-    if os.path.isdir(checkpoints):
+    if epath.Path(checkpoints).is_dir():
         with Checkpointer(checkpoints, read_only=True) as checkpointer:
             if checkpointer.all_steps():
                 state, data_state, _ = checkpointer.restore(_abstract(fresh), expected_fingerprint=fingerprint,
@@ -403,19 +406,26 @@ def _abstract(tree: Any) -> Any:
 
 def _adapters_from(workdir: str, abstract_lora: nnx.State, fingerprint: str) -> nnx.State:
     """The final LoRA parameters of a previous stage's run (its optimizer state is neither read nor carried over)."""
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(checkpoints):
+    if not is_workdir(workdir):
         raise TrainingError(f"init_adapters_from={workdir!r} is not a training workdir (it has no checkpoints/).")
-    with Checkpointer(checkpoints, read_only=True) as checkpointer:
+    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as checkpointer:
         part, _ = checkpointer.restore_part({"lora": abstract_lora}, expected_fingerprint=fingerprint)
     return part["lora"]
 
 
-def restore_trained_model(workdir: str, step: int | None = None) -> tuple[Transformer, ModelConfig, dict]:
+def is_workdir(path: str) -> bool:
+    """Whether `path` (local or a URL) is a training workdir: it has checkpoints."""
+    return epath.Path(path, "checkpoints").is_dir()
+
+
+def restore_trained_model(workdir: str, checkpoint: str = "best") -> tuple[Transformer, ModelConfig, dict]:
     """The model of a training workdir (base rebuilt from its recorded source + trained adapters) for
-    evaluation and export: (model, model config, checkpoint meta). Reads only the adapters of the checkpoint."""
-    with Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), read_only=True) as checkpointer:
-        step = checkpointer.usable_step(step)
+    evaluation, export and generation: (model, model config, checkpoint meta). `checkpoint` is "best" (the lowest
+    validation loss: what the run learnt best, kept by retention for this), "latest" or a step number; which one
+    was restored, and why, is recorded in the meta as `checkpoint` (its `why` is the line to show). Reads only
+    the adapters."""
+    with Checkpointer(os.path.join(absolute(workdir), "checkpoints"), read_only=True) as checkpointer:
+        step, why = checkpointer.chosen_step(str(checkpoint))
         meta = checkpointer.restore_meta(step)
         config = ml_collections.ConfigDict(meta["config"])
         model_config = from_config_dict(config.model)
@@ -423,4 +433,7 @@ def restore_trained_model(workdir: str, step: int | None = None) -> tuple[Transf
         graphdef, lora, frozen, _ = build_model(config, model_config, mesh)
         part, meta = checkpointer.restore_part({"lora": _abstract(lora)}, step,
                                                expected_fingerprint=base_fingerprint(frozen))
+        eval_loss = checkpointer.eval_losses().get(step)
+    meta = dict(meta, checkpoint=dict(workdir=workdir, step=step, asked=str(checkpoint), eval_loss=eval_loss,
+                                      why=why))
     return nnx.merge(graphdef, part["lora"], frozen), model_config, meta

@@ -1,0 +1,31 @@
+"""Paths that are local or URLs (`gs://bucket/run`, or any scheme etils.epath opens): workdirs, checkpoints and
+data may live in a bucket. A URL is kept as given (making it "absolute" would turn it into a local folder); an
+object store has no rename, no append and no empty directories, which the few helpers here account for."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from etils import epath
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """A local path made absolute; a URL as it is."""
+    return os.fspath(path) if is_remote(path) else os.path.abspath(os.fspath(path))
+
+
+def move_tree(source: str, target: str) -> None:
+    """Moves the directory `source` to `target` (whose parent need not exist); in a bucket, file by file."""
+    if not is_remote(source):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(source, target)
+        return
+    for folder, _, names in epath.Path(source).walk():
+        for name in names:
+            (folder / name).copy(epath.Path(target) / (folder / name).relative_to(source))
+    epath.Path(source).rmtree()
