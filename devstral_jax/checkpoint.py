@@ -32,7 +32,7 @@ import xxhash
 from etils import epath
 
 from devstral_jax.errors import CheckpointError
-from devstral_jax.storage import absolute, is_remote, move_tree
+from devstral_jax.storage import absolute, files_under, is_remote, move_tree
 
 EVAL_METRIC = "eval_loss"
 MANIFEST = "integrity.json"
@@ -62,9 +62,7 @@ def _file_hash(path: str) -> str:
 
 def _step_files(step_dir: str) -> list[str]:
     """Every file under `step_dir` except the manifest, relative, sorted."""
-    files = [os.fspath((root / name).relative_to(step_dir)) for root, _, names in epath.Path(step_dir).walk()
-             for name in names]
-    return sorted(f for f in files if f != MANIFEST)
+    return [name for name in files_under(step_dir) if name != MANIFEST]
 
 
 def write_manifest(step_dir: str) -> None:

@@ -19,13 +19,19 @@ def absolute(path: str | os.PathLike) -> str:
     return os.fspath(path) if is_remote(path) else os.path.abspath(os.fspath(path))
 
 
+def files_under(directory: str | os.PathLike) -> list[str]:
+    """The paths, relative to `directory`, of every file under it at any depth (hidden ones included), sorted."""
+    base = os.fspath(directory).split("://", 1)[-1]  # how walk() names a bucket's folders: without the scheme
+    return sorted(os.path.relpath(os.path.join(folder, name), base)
+                  for folder, _, names in epath.Path(directory).walk() for name in names)
+
+
 def move_tree(source: str, target: str) -> None:
     """Moves the directory `source` to `target` (whose parent need not exist); in a bucket, file by file."""
     if not is_remote(source):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.move(source, target)
         return
-    for folder, _, names in epath.Path(source).walk():
-        for name in names:
-            (folder / name).copy(epath.Path(target) / (folder / name).relative_to(source))
+    for name in files_under(source):
+        epath.Path(source, name).copy(epath.Path(target, name))
     epath.Path(source).rmtree()

@@ -42,7 +42,7 @@ from etils import epath
 from devstral_jax.data.records import Record, RecordError
 from devstral_jax.data.tokenize import RecordTokenizer, training_windows
 from devstral_jax.errors import DataError
-from devstral_jax.storage import is_remote
+from devstral_jax.storage import files_under, is_remote
 
 MAX_WINDOWS_PER_RECORD = 256  # a record longer than this many rows is cut (and counted in the log)
 FEATURES = ("inputs", "targets", "loss_mask")
@@ -95,8 +95,7 @@ def _split_files(directory: str, split: str) -> list[str]:
     def under(suffix: str) -> list[str]:
         if not is_remote(directory):  # glob skips hidden files and folders
             return sorted(glob.glob(os.path.join(directory, "**", f"*{suffix}*"), recursive=True))
-        return sorted(os.fspath(root / name) for root, _, names in epath.Path(directory).walk()
-                      for name in names if suffix in name)
+        return [os.path.join(directory, name) for name in files_under(directory) if suffix in os.path.basename(name)]
 
     matches = under(".array_record") or [m for m in under(".jsonl") if m.endswith(".jsonl")]
     own = [m for m in matches if re.match(rf"{split}([-.]|$)", os.path.basename(m))]
