@@ -106,6 +106,7 @@ def main(argv: list[str]) -> None:
     if _MEASURE.value:
         print(json.dumps(measure(_MEASURE.value, _MEASURE_WORKERS.value, _MEASURE_BATCHES.value)))
         return
+    load_before = os.getloadavg()
     scales = sorted({int(s) for s in _SCALES.value} | {_SPEED_SCALE.value})
     with tempfile.TemporaryDirectory(prefix="input_pipeline_") as tmp:
         corpora, records = {}, {}
@@ -118,7 +119,8 @@ def main(argv: list[str]) -> None:
         speed = [{"scale": _SPEED_SCALE.value, "records": records[_SPEED_SCALE.value],
                   **_measure_in_child(corpora[_SPEED_SCALE.value], int(w), _SPEED_BATCHES.value)}
                  for w in _WORKERS.value]
-    result = dict(seq_len=_SEQ_LEN.value, batch_size=_BATCH_SIZE.value, cpus=os.cpu_count(),
+    result = dict(command=" ".join(["python benchmarks/input_pipeline.py", *sys.argv[1:]]), seq_len=_SEQ_LEN.value,
+                  batch_size=_BATCH_SIZE.value, cpus=os.cpu_count(), load_average_before=load_before,
                   step_tokens_per_s=STEP_TOKENS_PER_S, memory=memory, speed=speed)
     print(f"{'corpus':>8}{'records':>10}{'workers':>9}{'peak RSS MB':>13}{'positions/s':>13}{'tokens/s':>11}"
           f"{'fill':>7}{'x step':>8}   load average")
