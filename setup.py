@@ -38,6 +38,7 @@ EXTRAS = {
     "test": ["pytest>=8", "torch==2.13.0", "bitsandbytes>=0.48", "peft>=0.17", "accelerate>=1.0"],
     "gpu": ["jax[cuda12]>=0.10"],
     "tpu": ["jax[tpu]>=0.10"],
+    "gcs": ["gcsfs"],  # gs:// workdirs and data through etils.epath (Orbax and TensorStore need nothing more)
 }
 
 setup(
