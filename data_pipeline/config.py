@@ -68,9 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     # min_informative: tokens of a matching n-gram that must be words, not numbers or the benchmark's scaffold.
     c.decontam = ml_collections.ConfigDict(dict(benchmarks=(str(HUMANEVAL_EX),), ngram=13, min_chars=40,
                                                 min_informative=3))
+    # fim_spans middles per file, each with fim_context_lines of prefix and suffix (not the whole file again).
     c.instruct = ml_collections.ConfigDict(dict(
         fim_rate=0.5, max_value_questions=3, min_doc_chars=20, min_moduledoc_chars=80, max_context_chars=16_000,
-        max_explanation_chars=1500))
+        max_explanation_chars=1500, fim_spans=3, fim_context_lines=40, fim_across_rate=0.25))
     # Guides, cheatsheets and notebooks that packages ship (data_pipeline/sources/prose.py says which), and the
     # records made from them and from books (data_pipeline/prose.py).
     c.prose = ml_collections.ConfigDict(dict(
@@ -83,6 +84,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Doctest records: kept where the package runs them, verified by running them (data_pipeline/doctest_check.py).
     c.doctests = ml_collections.ConfigDict(dict(enabled=True, sandbox="required", timeout_s=300.0,
                                                 tests_per_program=200))
+    # Kinds checked by running their package (data_pipeline/verify.py): mutants per lib file for repair records
+    # (compile errors; test failures, on at most repair_test_files files of a package, each mutant run against
+    # at most repair_test_runs test files), test files as tests.
+    c.verify = ml_collections.ConfigDict(dict(
+        enabled=True, sandbox="required", timeout_s=300.0, test_timeout_ms=5000, repair_compile_per_file=2,
+        repair_test_per_file=2, repair_test_files=8, repair_test_runs=4))
     c.split = ml_collections.ConfigDict(dict(validation_fraction=0.05))
     c.shards = ml_collections.ConfigDict(dict(records_per_shard=10_000))
     return c
@@ -112,6 +119,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.doctests.sandbox in ("required", "best_effort", "off"),
           "doctests.sandbox must be one of required, best_effort, off")
     check(config.doctests.tests_per_program >= 1, "doctests.tests_per_program must be at least 1")
+    check(config.verify.sandbox in ("required", "best_effort", "off"),
+          "verify.sandbox must be one of required, best_effort, off")
+    check(config.instruct.fim_spans >= 1 and config.instruct.fim_context_lines >= 0,
+          "instruct.fim_spans must be at least 1 and instruct.fim_context_lines at least 0")
+    check(0.0 <= config.instruct.fim_across_rate <= 1.0, "instruct.fim_across_rate must be in [0, 1]")
     check(0.0 < config.dedup.threshold <= 1.0, "dedup.threshold must be in (0, 1]")
     check(config.dedup.ngram >= 1 and config.decontam.ngram >= 1, "dedup.ngram and decontam.ngram must be >= 1")
     check(0 <= config.decontam.min_informative <= config.decontam.ngram,
