@@ -28,11 +28,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import xxhash
 from etils import epath
 
 from devstral_jax.errors import CheckpointError
-from devstral_jax.storage import absolute, files_under, is_remote, move_tree
+from devstral_jax.storage import absolute, file_hash, files_under, is_remote, move_tree
 
 EVAL_METRIC = "eval_loss"
 MANIFEST = "integrity.json"
@@ -52,14 +51,6 @@ def base_fingerprint(frozen: Any, sample: int = 4096) -> str:
 
 # --- the checksum manifest of one step directory ---------------------------------------------------------------
 
-def _file_hash(path: str) -> str:
-    digest = xxhash.xxh3_128()
-    with epath.Path(path).open("rb") as file:
-        while chunk := file.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _step_files(step_dir: str) -> list[str]:
     """Every file under `step_dir` except the manifest, relative, sorted."""
     return [name for name in files_under(step_dir) if name != MANIFEST]
@@ -67,7 +58,7 @@ def _step_files(step_dir: str) -> list[str]:
 
 def write_manifest(step_dir: str) -> None:
     """Records the size and xxh3-128 hash of every file of a committed step in its `integrity.json`."""
-    files = {name: [_size(os.path.join(step_dir, name)), _file_hash(os.path.join(step_dir, name))]
+    files = {name: [_size(os.path.join(step_dir, name)), file_hash(os.path.join(step_dir, name))]
              for name in _step_files(step_dir)}
     manifest = json.dumps({"hash": "xxh3_128", "files": files}, indent=0)
     if is_remote(step_dir):  # an object appears whole
@@ -102,7 +93,7 @@ def verify_manifest(step_dir: str) -> str | None:
         try:
             if (actual := _size(path)) != size:
                 return f"{name} has {actual} bytes, its manifest says {size}"
-            if _file_hash(path) != digest:
+            if file_hash(path) != digest:
                 return f"{name} does not match its recorded hash (corrupted)"
         except FileNotFoundError:
             return f"{name} is missing"

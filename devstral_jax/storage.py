@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import xxhash
 from etils import epath
 
 
@@ -17,6 +18,15 @@ def is_remote(path: str | os.PathLike) -> bool:
 def absolute(path: str | os.PathLike) -> str:
     """A local path made absolute; a URL as it is."""
     return os.fspath(path) if is_remote(path) else os.path.abspath(os.fspath(path))
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """The xxh3-128 hex digest of a file's bytes, read in 16 MiB pieces."""
+    digest = xxhash.xxh3_128()
+    with epath.Path(path).open("rb") as file:
+        while chunk := file.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def files_under(directory: str | os.PathLike) -> list[str]:

@@ -22,8 +22,8 @@ from typing import Iterator
 import fsspec
 from etils.epath import backend as epath_backend
 from fsspec.implementations.dirfs import DirFileSystem
-from fsspec.registry import _registry as fsspec_registry
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import _registry as fsspec_registry
 
 
 class FakeGCSFileSystem(DirFileSystem):

@@ -13,8 +13,8 @@ import pytest
 
 from devstral_jax.checkpoint import Checkpointer
 from devstral_jax.errors import CheckpointError
-from devstral_jax.train.config import sibling_config
 from devstral_jax.train.trainer import restore_trained_model, train
+from tests.test_checkpoint_integrity import _config as integrity_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSSES = {1: 2.0, 2: 1.0, 3: 1.5}  # step 2 is the best, step 3 the latest
@@ -52,15 +52,10 @@ def test_user_mistakes_are_checkpoint_errors(tmp_path, asked, message):
 
 
 def _config(root):
-    """The demo config at its smallest, evaluated and checkpointed at every step, with a learning rate that
-    overshoots so that the validation loss rises again after its best step."""
-    config = sibling_config(os.path.join(ROOT, "configs", "x.py"), "tiny_cpu")
-    config.model.num_layers = 1
-    config.data.seq_len, config.data.batch_size = 32, 8
-    config.data.train_paths = config.data.validation_paths = (str(root / "shard.jsonl"),)
-    config.train.update(dict(steps=3, loss_chunk=32, log_every=1, eval_every=1, eval_batches=1, checkpoint_every=1,
-                             keep_checkpoints=4))
-    config.optim.update(dict(warmup_steps=1, learning_rate=50.0))
+    """The smallest demo run of test_checkpoint_integrity, evaluated at every step, with a learning rate that
+    overshoots so that the validation loss rises after its first step."""
+    config = integrity_config(root, steps=3, eval_every=1, keep_checkpoints=3)
+    config.optim.learning_rate = 50.0
     return config
 
 

@@ -12,6 +12,7 @@ from devstral_jax.train.config import sibling_config
 from devstral_jax.train.metrics_log import read_metrics
 from devstral_jax.train.trainer import restore_trained_model, train
 from tests.fake_gcs import fake_gcs
+from tests.test_checkpoint_choice import _lora
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,14 +27,6 @@ def _config(data, **train_settings):
     config.optim.warmup_steps = 1
     config.train.update(train_settings)
     return config
-
-
-def _lora(model) -> list[np.ndarray]:
-    import jax
-    from flax import nnx
-
-    from devstral_jax.lora import LoRAParam
-    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, LoRAParam))]
 
 
 @pytest.fixture

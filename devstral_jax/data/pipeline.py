@@ -42,7 +42,7 @@ from etils import epath
 from devstral_jax.data.records import Record, RecordError
 from devstral_jax.data.tokenize import RecordTokenizer, training_windows
 from devstral_jax.errors import DataError
-from devstral_jax.storage import files_under, is_remote
+from devstral_jax.storage import file_hash, files_under, is_remote
 
 MAX_WINDOWS_PER_RECORD = 256  # a record longer than this many rows is cut (and counted in the log)
 FEATURES = ("inputs", "targets", "loss_mask")
@@ -82,7 +82,7 @@ def shard_files(paths: tuple[str, ...], split: str) -> list[str]:
                 continue
             seen.add(identity)
             key = _content_key(match)
-            if (first := by_content.get(key)) is not None and _full_digest(first) == _full_digest(match):
+            if (first := by_content.get(key)) is not None and file_hash(first) == file_hash(match):
                 logging.warning("%s holds the same bytes as %s; it is read once.", match, first)
                 continue
             by_content.setdefault(key, match)
@@ -120,14 +120,6 @@ def _content_key(path: str) -> tuple[int, str]:
         return epath.Path(path).stat().length, xxhash.xxh3_128_hexdigest(head)
     except OSError as e:
         raise DataError(f"Cannot read training shard {path}: {e}") from None
-
-
-def _full_digest(path: str) -> str:
-    digest = xxhash.xxh3_128()
-    with epath.Path(path).open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- which records ---------------------------------------------------------------------------------------------
