@@ -43,6 +43,7 @@ EXTRAS = {
     # plugin of exactly the JAX this project pins, with its CUDA libraries (cuDNN for the cudnn kernel).
     "gpu-aot": ["jax==0.10.2", "jaxlib==0.10.2", "jax-cuda12-plugin[with-cuda]==0.10.2", "jax-cuda12-pjrt==0.10.2"],
     "tpu": ["jax[tpu]>=0.10"],
+    "gcs": ["gcsfs"],  # gs:// workdirs and data through etils.epath (Orbax and TensorStore need nothing more)
 }
 
 setup(

@@ -22,16 +22,16 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import xxhash
+from etils import epath
 
 from devstral_jax.errors import CheckpointError
+from devstral_jax.storage import absolute, file_hash, files_under, is_remote, move_tree
 
 EVAL_METRIC = "eval_loss"
 MANIFEST = "integrity.json"
@@ -51,39 +51,36 @@ def base_fingerprint(frozen: Any, sample: int = 4096) -> str:
 
 # --- the checksum manifest of one step directory ---------------------------------------------------------------
 
-def _file_hash(path: str) -> str:
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _step_files(step_dir: str) -> list[str]:
     """Every file under `step_dir` except the manifest, relative, sorted."""
-    files = [os.path.relpath(os.path.join(root, name), step_dir)
-             for root, _, names in os.walk(step_dir) for name in names]
-    return sorted(f for f in files if f != MANIFEST)
+    return [name for name in files_under(step_dir) if name != MANIFEST]
 
 
 def write_manifest(step_dir: str) -> None:
     """Records the size and xxh3-128 hash of every file of a committed step in its `integrity.json`."""
-    files = {name: [os.path.getsize(os.path.join(step_dir, name)), _file_hash(os.path.join(step_dir, name))]
+    files = {name: [_size(os.path.join(step_dir, name)), file_hash(os.path.join(step_dir, name))]
              for name in _step_files(step_dir)}
+    manifest = json.dumps({"hash": "xxh3_128", "files": files}, indent=0)
+    if is_remote(step_dir):  # an object appears whole
+        epath.Path(step_dir, MANIFEST).write_text(manifest)
+        return
     temporary = os.path.join(step_dir, f".{MANIFEST}.partial")
     with open(temporary, "w") as f:
-        json.dump({"hash": "xxh3_128", "files": files}, f, indent=0)
+        f.write(manifest)
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, os.path.join(step_dir, MANIFEST))
+
+
+def _size(path: str) -> int:
+    return epath.Path(path).stat().length
 
 
 def verify_manifest(step_dir: str) -> str | None:
     """Why the files of `step_dir` are not the ones its manifest lists (the first problem found); None when
     every file is there with its recorded size and hash, and nothing else is."""
     try:
-        with open(os.path.join(step_dir, MANIFEST)) as f:
-            recorded = json.load(f)["files"]
+        recorded = json.loads(epath.Path(step_dir, MANIFEST).read_text())["files"]
     except FileNotFoundError:
         return "it has no integrity manifest (its save did not finish, or an older version wrote it)"
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -94,9 +91,9 @@ def verify_manifest(step_dir: str) -> str | None:
     for name, (size, digest) in sorted(recorded.items()):
         path = os.path.join(step_dir, name)
         try:
-            if (actual := os.path.getsize(path)) != size:
+            if (actual := _size(path)) != size:
                 return f"{name} has {actual} bytes, its manifest says {size}"
-            if _file_hash(path) != digest:
+            if file_hash(path) != digest:
                 return f"{name} does not match its recorded hash (corrupted)"
         except FileNotFoundError:
             return f"{name} is missing"
@@ -111,8 +108,8 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep_last: int = 3, async_save: bool = True,
                  read_only: bool = False):
-        self.directory = os.path.abspath(os.fspath(directory))
-        if read_only and not os.path.isdir(self.directory):
+        self.directory = absolute(directory)
+        if read_only and not epath.Path(self.directory).is_dir():
             raise CheckpointError(f"No checkpoint directory at {self.directory}: pass a training workdir.")
         self.keep_last = keep_last
         self.async_save = async_save
@@ -124,7 +121,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._unverified: list[int] = []  # saved by this object, manifest not written yet
         self._problems: dict[int, str | None] = {}  # step -> why it failed verification (None: it passed)
-        self._verified = {step for step in self.all_steps() if os.path.isfile(self._manifest_path(step))}
+        self._verified = {step for step in self.all_steps() if epath.Path(self._manifest_path(step)).is_file()}
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -137,8 +134,9 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         """Every step directory, including one Orbax would not list (damaged: restores pass it over)."""
-        names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
-        return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(self._step_dir(int(n))))
+        directory = epath.Path(self.directory)
+        names = [path.name for path in directory.iterdir()] if directory.is_dir() else []
+        return sorted(int(n) for n in names if n.isdigit() and epath.Path(self._step_dir(int(n))).is_dir())
 
     def best_step(self) -> int | None:
         return self._manager.best_step()
@@ -184,7 +182,7 @@ class Checkpointer:
         old = [step for step in self.all_steps() if step < verified[-1] and step not in keep]
         for step in old:
             if jax.process_index() == 0:
-                shutil.rmtree(self._step_dir(step))
+                epath.Path(self._step_dir(step)).rmtree()
             self._verified.discard(step)
         if old:
             self._manager.reload()
@@ -199,8 +197,7 @@ class Checkpointer:
         for s in newer:
             if jax.process_index() == 0:
                 target = os.path.join(rejected, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}")
-                os.makedirs(rejected, exist_ok=True)
-                shutil.move(self._step_dir(s), target)
+                move_tree(self._step_dir(s), target)
                 logging.warning("Moved unusable checkpoint step %d to %s; it will be saved again.", s, target)
             self._verified.discard(s)
         self._manager.reload()
@@ -235,6 +232,41 @@ class Checkpointer:
         """`step` if it verifies, else (None) the newest step that verifies: what the restores above read."""
         return self._first_usable(step, None, lambda s, meta: s)
 
+    def eval_losses(self) -> dict[int, float]:
+        """{step: validation loss} of the steps saved with one."""
+        losses = {}
+        for step in self.all_steps():
+            try:
+                metrics = self._manager.metrics(step)
+            except Exception:  # noqa: BLE001 -- a damaged step's metrics: it is passed over like any damage
+                continue
+            if metrics and EVAL_METRIC in metrics:
+                losses[step] = float(metrics[EVAL_METRIC])
+        return losses
+
+    def chosen_step(self, checkpoint: str) -> tuple[int, str]:
+        """(step, why) for `checkpoint`: "best" (the lowest validation loss among the steps that verify), "latest"
+        (the newest that verifies) or a step number (which must exist and verify)."""
+        if checkpoint.isdigit():
+            if int(checkpoint) not in self.all_steps():
+                raise CheckpointError(f"There is no checkpoint step {checkpoint} in {self.directory}; it has steps "
+                                      f"{self.all_steps()}. Pass one of them, best or latest.")
+            step = self.usable_step(int(checkpoint))
+            return step, f"step {step} (asked for)"
+        if checkpoint == "latest":
+            step = self.usable_step()
+            return step, f"step {step}, the latest"
+        if checkpoint != "best":
+            raise CheckpointError(f"Unknown checkpoint {checkpoint!r}: pass best, latest or a step number.")
+        losses = self.eval_losses()
+        for step in sorted(losses, key=lambda s: (losses[s], -s)):
+            if (problem := self._problem(step)) is None:
+                return step, f"step {step}, the best validation loss ({losses[step]:.4f})"
+            logging.warning("Checkpoint step %d of %s (validation loss %.4f) is unusable: %s; trying the next best.",
+                            step, self.directory, losses[step], problem)
+        raise CheckpointError(f"No usable checkpoint in {self.directory} has a validation loss (the run saved none "
+                              "after evaluating), so there is no best one. Pass latest or a step number.")
+
     def _first_usable(self, step: int | None, expected_fingerprint: str | None,
                       read: Callable[[int, dict], Any]) -> Any:
         """`read(step, meta)` of the newest step that verifies and reads (or of `step`, which must); steps that
@@ -245,10 +277,7 @@ class Checkpointer:
             raise CheckpointError(f"No complete checkpoint in {self.directory}.")
         failures = []
         for candidate in candidates:
-            if candidate not in self._problems:  # verified once per object
-                self._problems[candidate] = verify_manifest(self._step_dir(candidate))
-            problem = self._problems[candidate]
-            if problem is None:
+            if (problem := self._problem(candidate)) is None:
                 try:
                     return read(candidate, self._meta(candidate, expected_fingerprint))
                 except CheckpointError:
@@ -262,6 +291,12 @@ class Checkpointer:
                             f"trying step {older[0]}" if older else "no older step is left")
         raise CheckpointError(f"No usable checkpoint in {self.directory} ({'; '.join(failures)}). Restore the "
                               "files, or move the directory away to start over.")
+
+    def _problem(self, step: int) -> str | None:
+        """Why `step` does not verify (None: it does), checked once per object."""
+        if step not in self._problems:
+            self._problems[step] = verify_manifest(self._step_dir(step))
+        return self._problems[step]
 
     def _meta(self, step: int, expected_fingerprint: str | None) -> dict:
         """`step`'s meta, checked against the base loaded now."""

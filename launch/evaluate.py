@@ -48,7 +48,7 @@ from devstral_jax.hf.load import load as load_hf
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
 from devstral_jax.tokenizers import Tokenizer, model_tokenizer
-from devstral_jax.train.trainer import restore_trained_model, run_tokenizer
+from devstral_jax.train.trainer import is_workdir, restore_trained_model, run_tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/eval_tiny_cpu.py.")
 _MODEL = flags.DEFINE_string("model", None, "An HF model directory, a GGUF file, a training workdir, or "
@@ -61,6 +61,8 @@ _DOCTEST_RECORDS = flags.DEFINE_multi_string("doctest_records", [], "Glob of rec
 _PERPLEXITY_RECORDS = flags.DEFINE_multi_string("perplexity_records", [], "Glob of record JSONL shards: "
                                                 "perplexity on their held-out (validation) text.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results.jsonl, summary.json, report.md and the chart go.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "With --model=<training workdir>: the checkpoint to evaluate: "
+                                  "best (lowest validation loss), latest, or a step number.")
 flags.mark_flags_as_required(["config", "output_dir"])
 
 
@@ -75,6 +77,7 @@ class Evaluation:
     perplexity_texts: list[str] | None = None
     model: Transformer | None = None
     tokenizer: Tokenizer | None = None
+    checkpoint: dict | None = None  # the training checkpoint evaluated (--model=<training workdir>)
 
 
 def setup(argv: list[str], config) -> Evaluation:
@@ -98,7 +101,8 @@ def setup(argv: list[str], config) -> Evaluation:
     if evaluation.output_dir.exists() and not evaluation.output_dir.is_dir():
         raise FlagError(f"--output_dir={evaluation.output_dir} is a file; pass a directory.")
     if _MODEL.value:
-        evaluation.model, evaluation.tokenizer = load_model(_MODEL.value, model_config, config.seed)
+        evaluation.model, evaluation.tokenizer, evaluation.checkpoint = load_model(
+            _MODEL.value, model_config, config.seed, _CHECKPOINT.value)
         print(f"model: {_MODEL.value} ({evaluation.model.config.num_params:,} parameters) on "
               f"{jax.devices()[0].platform}")
     evaluation.output_dir.mkdir(parents=True, exist_ok=True)
@@ -139,23 +143,25 @@ def _benchmark_paths(config) -> list[str]:
     return _BENCHMARKS.value or (list(config.eval.benchmarks) if _MODEL.value else [])
 
 
-def load_model(spec: str, model_config: ModelConfig, seed: int) -> tuple[Transformer, Tokenizer]:
-    """(model, its tokenizer) for `--model`: an HF directory, a GGUF file, a training workdir (base + trained
-    adapters), or `random:<preset>`. The tokenizer is the model's own (else its family's default) and must have the
-    model's vocabulary."""
+def load_model(spec: str, model_config: ModelConfig, seed: int,
+               checkpoint: str = "best") -> tuple[Transformer, Tokenizer, dict | None]:
+    """(model, its tokenizer, checkpoint) for `--model`: an HF directory, a GGUF file, a training workdir (base +
+    the trained adapters of its `checkpoint`, which is returned: which step and why), or `random:<preset>`. The
+    tokenizer is the model's own (else its family's default) and must have the model's vocabulary."""
     execution = {name: getattr(model_config, name) for name in EXECUTION_FIELDS}
     if spec.startswith("random:"):
         name = spec.removeprefix("random:")
         if name not in PRESETS:
             raise FlagError(f"--model=random:{name}: unknown preset; choose one of {sorted(PRESETS)}.")
         config = preset(name, **execution)
-        return Transformer(config, rngs=nnx.Rngs(seed)), model_tokenizer(None, config, f"--model={spec}")
-    if (Path(spec) / "checkpoints").is_dir():
-        model, config, meta = restore_trained_model(spec)
-        return model, run_tokenizer(ml_collections.ConfigDict(meta["config"]), config)
+        return Transformer(config, rngs=nnx.Rngs(seed)), model_tokenizer(None, config, f"--model={spec}"), None
+    if is_workdir(spec):
+        model, config, meta = restore_trained_model(spec, checkpoint)
+        print(f"checkpoint: {meta['checkpoint']['why']} of {spec}")
+        return model, run_tokenizer(ml_collections.ConfigDict(meta["config"]), config), meta["checkpoint"]
     if Path(spec).is_file() or (Path(spec) / "config.json").is_file() or (Path(spec) / "params.json").is_file():
         loaded = load_hf(spec, seed=seed, **execution)
-        return loaded.model, model_tokenizer(spec, loaded.config, f"--model={spec}")
+        return loaded.model, model_tokenizer(spec, loaded.config, f"--model={spec}"), None
     if not Path(spec).exists():
         raise FlagError(f"--model={spec}: no such file or directory (pass an HF model directory, a GGUF file, a "
                         "training workdir or random:<preset>).")
@@ -270,6 +276,8 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     evaluation = setup(argv, config)
     summaries, extra = evaluate(evaluation, config)
+    if evaluation.checkpoint is not None:
+        extra["checkpoint"] = evaluation.checkpoint
     write_report(evaluation.staging, summaries, extra)
     publish(evaluation)
 

@@ -7,7 +7,8 @@ r"""Exports a fine-tune for serving: PEFT adapter, merged HF model, GGUF, each w
 `--base` is the original checkpoint (HF or Mistral consolidated directory, or GGUF file); the merged
 weights are base + LoRA, computed tensor by tensor from it (never from the NF4 copy used in training), so
 host memory stays a few tensors even for the 24B model. The LoRA comes from a PEFT directory (`--adapter`)
-or a training workdir (`--workdir`). Outputs: <out>/adapter, <out>/merged, <out>/<name>-<type>.gguf.
+or a training workdir (`--workdir`: the adapters of its `--checkpoint`, by default the one with the best
+validation loss, the model the run learnt best). Outputs: <out>/adapter, <out>/merged, <out>/<name>-<type>.gguf.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from devstral_jax.hf.gguf_export import save_gguf
 from devstral_jax.hf.model_dir import ModelDir, open_model_dir
 from devstral_jax.hf.peft import Adapter, adapter_from_model, check_adapter, load_adapter, save_adapter
 from devstral_jax.tokenizer import PACKAGED_TEKKEN
-from devstral_jax.train.trainer import restore_trained_model
+from devstral_jax.train.trainer import is_workdir, restore_trained_model
 
 _DEFAULT_CONFIG = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                                                 "export.py"))
@@ -38,6 +39,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (launch/trai
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _MANIFEST = flags.DEFINE_string("manifest", None, "The training data manifest.json, summarised in the model card.")
 _EVAL = flags.DEFINE_string("eval_results", None, "Evaluation results (JSON), summarised in the model card.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "With --workdir: the checkpoint to export: best (lowest "
+                                  "validation loss), latest, or a step number.")
 flags.mark_flags_as_required(["base", "out"])
 
 FORMATS = ("peft", "merged", "gguf_f16", "gguf_q8_0")
@@ -50,9 +53,10 @@ def _adapter(base: ModelDir) -> Adapter:
     if _ADAPTER.value:
         adapter = load_adapter(_ADAPTER.value)
     else:
-        if not os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")):
+        if not is_workdir(_WORKDIR.value):
             raise FlagError(f"--workdir={_WORKDIR.value} is not a training workdir (it has no checkpoints/).")
-        model, _, _ = restore_trained_model(_WORKDIR.value)
+        model, _, meta = restore_trained_model(_WORKDIR.value, _CHECKPOINT.value)
+        print(f"checkpoint: {meta['checkpoint']['why']} of {_WORKDIR.value}")
         adapter = adapter_from_model(model)
     check_adapter(adapter, base.config)  # every adapted module exists in the base, with matching shapes
     return adapter

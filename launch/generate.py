@@ -2,7 +2,8 @@
 
     python launch/generate.py --config=configs/tiny_cpu.py [--workdir=DIR] [--config.generate.prompt='...']
 
-With --workdir, the model of that training run (its base + trained adapters); without, the config's model
+With --workdir, the model of that training run (its base + the trained adapters of --checkpoint: best by
+validation loss by default, or latest, or a step number); without, the config's model
 with random weights (noise, but the whole path config -> model -> jit -> tokenizer runs). The prompt is
 encoded with the model's real tokenizer (its base's own, else its family's: Tekken for Mistral, SmolLM2's
 for Llama); the completion (`config.generate.max_new_tokens` tokens, fewer if
@@ -31,6 +32,8 @@ from devstral_jax.train.trainer import restore_trained_model, run_tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/tiny_cpu.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir to sample from (default: random weights).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "With --workdir: the checkpoint to sample from: best (lowest "
+                                  "validation loss), latest, or a step number.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -40,8 +43,8 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     model_config = from_config_dict(config.model)
     if _WORKDIR.value:
-        model, model_config, meta = restore_trained_model(_WORKDIR.value)
-        weights = f"trained adapters from {_WORKDIR.value}"
+        model, model_config, meta = restore_trained_model(_WORKDIR.value, _CHECKPOINT.value)
+        weights = f"trained adapters of checkpoint {meta['checkpoint']['why']} of {_WORKDIR.value}"
         tokenizer = run_tokenizer(ml_collections.ConfigDict(meta["config"]), model_config)
     else:
         model, weights = Transformer(model_config, rngs=nnx.Rngs(config.seed)), "random weights"

@@ -66,9 +66,28 @@ def _write_jsonl(path, records):
     return str(path)
 
 
-def test_packed_batches_have_segments_positions_and_resume_exactly(tmp_path, tokenizer):
+def _write_array_record(path, records):
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    for record in records:
+        writer.write(record.to_json().encode())
+    writer.close()
+    return str(path)
+
+
+def _write(directory, records, fmt):
+    """The records as a JSONL file (read into memory) or an ArrayRecord shard (streamed)."""
+    if fmt == "jsonl":
+        return _write_jsonl(directory / "train.jsonl", records)
+    return _write_array_record(directory / "train-00000.array_record", records)
+
+
+FORMATS = ("jsonl", "array_record")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_packed_batches_have_segments_positions_and_resume_exactly(tmp_path, tokenizer, fmt):
     records = [_record("text", text=f"defmodule M{i} do\n  def f, do: {i}\nend\n" * (1 + i % 5)) for i in range(40)]
-    spec = DataSpec(paths=(_write_jsonl(tmp_path / "a.jsonl", records),), split="train", seq_len=64, batch_size=4,
+    spec = DataSpec(paths=(_write(tmp_path, records, fmt),), split="train", seq_len=64, batch_size=4,
                     microbatches=2, seed=3)
     iterator = iter(make_dataset(spec, tokenizer))
     batch = next(iterator)
@@ -90,9 +109,10 @@ def test_packed_batches_have_segments_positions_and_resume_exactly(tmp_path, tok
             np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_each_process_reads_its_own_records(tmp_path, tokenizer):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_process_reads_its_own_records(tmp_path, tokenizer, fmt):
     records = [_record("text", text=f"x = {i}\n") for i in range(20)]
-    spec = DataSpec(paths=(_write_jsonl(tmp_path / "a.jsonl", records),), split="train", seq_len=32, batch_size=2,
+    spec = DataSpec(paths=(_write(tmp_path, records, fmt),), split="train", seq_len=32, batch_size=2,
                     num_epochs=1, shuffle=False)
     seen = []
     for process in range(2):
@@ -119,11 +139,12 @@ def test_bad_shards_are_clear_errors(tmp_path, tokenizer):
         make_dataset(spec(tmp_path / "broken.array_record"), tokenizer)
 
 
-def test_multiprocess_prefetch_is_deterministic_and_resumable(tmp_path, tokenizer):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_multiprocess_prefetch_is_deterministic_and_resumable(tmp_path, tokenizer, fmt):
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags, as under launch/train.py
     records = [_record("text", text=f"defmodule P{i} do\n  def v, do: {i}\nend\n") for i in range(30)]
-    spec = DataSpec(paths=(_write_jsonl(tmp_path / "a.jsonl", records),), split="train", seq_len=32, batch_size=2,
+    spec = DataSpec(paths=(_write(tmp_path, records, fmt),), split="train", seq_len=32, batch_size=2,
                     seed=1, worker_count=2)
     first = iter(make_dataset(spec, tokenizer))
     batches = [next(first) for _ in range(2)]
@@ -140,14 +161,6 @@ def test_multiprocess_prefetch_is_deterministic_and_resumable(tmp_path, tokenize
         got = next(resumed)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
-
-
-def _write_array_record(path, records):
-    writer = ArrayRecordWriter(str(path), "group_size:1")
-    for record in records:
-        writer.write(record.to_json().encode())
-    writer.close()
-    return str(path)
 
 
 def test_a_folder_with_shards_and_their_jsonl_mirror_is_read_once(tmp_path):
@@ -182,3 +195,40 @@ def test_two_different_records_under_one_id_are_an_error(tmp_path):
         read_records(paths, "train")
     with pytest.raises(DataError, match="No validation records"):
         read_records(paths[:1], "validation")
+
+
+def test_array_record_shards_are_read_when_the_iterator_reaches_each_record(tmp_path, tokenizer):
+    """Streaming: making the dataset reads no record beyond each shard's first; a record is read and decoded
+    when the (unshuffled) iteration reaches it, so a broken one far into the shard does not stop the batches
+    before it, and its error names it when it is reached. (Reading all records at load fails at once.)"""
+    records = [_record("text", text=f"defmodule S{i} do\n  def v, do: {i}\nend\n") for i in range(60)]
+    path = tmp_path / "train-00000.array_record"
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    for record in records:
+        writer.write(record.to_json().encode())
+    writer.write(b'{"id": "broken", "kind": "poem"}')
+    writer.close()
+    spec = DataSpec(paths=(str(path),), split="train", seq_len=64, batch_size=2, num_epochs=1, shuffle=False)
+    iterator = iter(make_dataset(spec, tokenizer))
+    first = [next(iterator) for _ in range(3)]
+    assert all(batch["inputs"].shape == (1, 2, 64) for batch in first)
+    with pytest.raises(DataError, match="Bad training record: .*kind must be one of"):
+        for _ in iterator:
+            pass
+
+
+def test_copies_of_a_shard_and_shards_of_another_split_are_caught(tmp_path):
+    """The same bytes at another path are read once (without comparing records); an ArrayRecord shard holds one
+    split, so a validation shard given as training data is an error naming it, not silently empty."""
+    train = [_record("text", text=f"defmodule C{i} do\nend\n") for i in range(5)]
+    first = _write_array_record(tmp_path / "train-00000.array_record", train)
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "train-00007.array_record"
+    copy.write_bytes(open(first, "rb").read())
+    assert shard_files((first, str(copy)), "train") == [first]
+    assert [r.id for r in read_records((first, str(copy)), "train")] == [r.id for r in train]
+
+    validation = [dataclasses.replace(r, split="validation") for r in train]
+    held_out = _write_array_record(tmp_path / "validation-00000.array_record", validation)
+    with pytest.raises(DataError, match=f"{held_out} holds validation records, not train ones"):
+        read_records((held_out,), "train")

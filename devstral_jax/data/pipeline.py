@@ -1,16 +1,27 @@
 """The Grain input pipeline: record shards -> tokens -> next-token windows -> first-fit packed rows -> batches.
 
+ArrayRecord shards are read by random access (`grain.sources.ArrayRecordDataSource` is the dataset's source):
+a record is read and decoded only when the shuffled index order reaches it, so host memory does not grow
+with the corpus. JSONL files are for small hand-made data: they are read whole into memory.
+
 Each record is read once. A folder is read as ArrayRecord when it holds any `.array_record` shard and as
 JSONL only when it holds none (the data pipeline's JSONL mirror of the same records is not read twice), and
 only the files named after the split (`train-*.array_record`, `validation.jsonl`) where there are such
-files (validation never scans the train shards). A record id met again (the same file reached twice, a mirror
-given by hand, two corpora built from one source) is counted once: ids are content hashes, so the same id is
-the same record; two different records under one id are an error.
+files (validation never scans the train shards). A file reached twice (the same path, or the same bytes at
+another path) is read once. Among JSONL records each id counts once (ids are content hashes: the same id
+is the same record; two different records under one id are an error), and an ArrayRecord record whose id
+is one of the JSONL records' is skipped as it is read, so a mirror given by hand beside its shards is read
+once too. Two ArrayRecord corpora are not compared record by record (that would need every id in memory):
+the data pipeline removes duplicates within a build, so build one corpus from all the sources instead.
+
+Paths may be local or any URL scheme `etils.epath` opens (e.g. `gs://bucket/shards`); ArrayRecord's own reader
+opens local paths and `gs://`.
 
 Rows are `seq_len` long; documents never straddle rows, each keeps its own `segment_ids` (1, 2, ... ; 0 is
-padding) and `positions` restarting at 0, so attention never crosses documents. Shuffling is seeded,
-each process reads its own slice of the records, and the iterator's state (`get_state`/`set_state`)
-goes into every checkpoint, so a resumed run sees exactly the batches an uninterrupted run would.
+padding) and `positions` restarting at 0, so attention never crosses documents. Shuffling is Grain's index
+shuffle (seeded), each process reads its own slice of the records, and the iterator's state
+(`get_state`/`set_state`) goes into every checkpoint, so a resumed run sees exactly the batches an
+uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -24,19 +35,26 @@ import re
 import grain
 import grain.experimental as grain_exp
 import numpy as np
+import xxhash
+from array_record.python.array_record_module import ArrayRecordReader
+from etils import epath
 
 from devstral_jax.data.records import Record, RecordError
 from devstral_jax.data.tokenize import training_windows
 from devstral_jax.errors import DataError
 from devstral_jax.tokenizers import Tokenizer
+from devstral_jax.storage import file_hash, files_under, is_remote
 
 MAX_WINDOWS_PER_RECORD = 256  # a record longer than this many rows is cut (and counted in the log)
 FEATURES = ("inputs", "targets", "loss_mask")
+# Grain reads without read-ahead; each shard's record index stays in the file instead of in memory.
+READER_OPTIONS = {"index_storage_option": "offloaded", "footer_prefetch_bytes": "0"}
+_SAMPLE_BYTES = 1 << 16  # of a file's head: with its size, what tells two shards apart before reading them whole
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    paths: tuple[str, ...]  # files, directories or globs of .jsonl / .array_record shards
+    paths: tuple[str, ...]  # files, directories or globs of .jsonl / .array_record shards (local or URLs)
     split: str  # which records to use: "train" or "validation"
     seq_len: int
     batch_size: int  # rows per optimizer step, across all processes
@@ -48,42 +66,96 @@ class DataSpec:
     worker_count: int = 0  # >0: multiprocess prefetch (Grain mp_prefetch)
 
 
+# --- which files -----------------------------------------------------------------------------------------------
+
 def shard_files(paths: tuple[str, ...], split: str) -> list[str]:
-    """Expands directories and globs to `.jsonl` / `.array_record` files, each once, one format per directory,
-    the split's own files where it has some; clear errors when there are none."""
+    """Expands directories and globs to `.jsonl` / `.array_record` files, each once (by path, then by content),
+    one format per directory, the split's own files where it has some; clear errors when there are none."""
     files: list[str] = []
     seen: set[str] = set()
+    by_content: dict[tuple[int, str], str] = {}
     for path in paths:
-        if os.path.isdir(path):
-            matches = sorted(glob.glob(os.path.join(path, "**", "*.array_record*"), recursive=True)) or sorted(
-                glob.glob(os.path.join(path, "**", "*.jsonl"), recursive=True))
-            own = [m for m in matches if re.match(rf"{split}([-.]|$)", os.path.basename(m))]
-            matches = own or matches
-        else:
-            matches = sorted(glob.glob(path))
+        matches = _split_files(path, split) if epath.Path(path).is_dir() else _glob(path)
         if not matches:
             raise DataError(f"No training shards at {path!r} (expected .jsonl or .array_record files).")
         for match in matches:
-            if (real := os.path.realpath(match)) not in seen:
-                seen.add(real)
-                files.append(match)
+            if (identity := match if is_remote(match) else os.path.realpath(match)) in seen:
+                continue
+            seen.add(identity)
+            key = _content_key(match)
+            if (first := by_content.get(key)) is not None and file_hash(first) == file_hash(match):
+                logging.warning("%s holds the same bytes as %s; it is read once.", match, first)
+                continue
+            by_content.setdefault(key, match)
+            files.append(match)
     return files
 
 
-def read_records(paths: tuple[str, ...], split: str) -> list[Record]:
-    """The split's records in `paths` (files, directories, globs), each id once (see the module docstring)."""
+def _split_files(directory: str, split: str) -> list[str]:
+    """A directory's ArrayRecord shards (else its JSONL files), at any depth, the split's own where it has some."""
+    def under(suffix: str) -> list[str]:
+        if not is_remote(directory):  # glob skips hidden files and folders
+            return sorted(glob.glob(os.path.join(directory, "**", f"*{suffix}*"), recursive=True))
+        return [os.path.join(directory, name) for name in files_under(directory) if suffix in os.path.basename(name)]
+
+    matches = under(".array_record") or [m for m in under(".jsonl") if m.endswith(".jsonl")]
+    own = [m for m in matches if re.match(rf"{split}([-.]|$)", os.path.basename(m))]
+    return own or matches
+
+
+def _glob(pattern: str) -> list[str]:
+    if not is_remote(pattern):
+        return sorted(glob.glob(pattern))
+    fixed = re.split(r"[*?\[]", pattern)[0]
+    if fixed == pattern:
+        return [pattern] if epath.Path(pattern).exists() else []
+    folder = fixed.rpartition("/")[0]
+    return sorted(os.fspath(match) for match in epath.Path(folder).glob(pattern[len(folder) + 1:]))
+
+
+def _content_key(path: str) -> tuple[int, str]:
+    """(size, hash of the first 64 KiB): equal for copies of one file; two different shards almost never agree."""
+    try:
+        with epath.Path(path).open("rb") as f:
+            head = f.read(_SAMPLE_BYTES)
+        return epath.Path(path).stat().length, xxhash.xxh3_128_hexdigest(head)
+    except OSError as e:
+        raise DataError(f"Cannot read training shard {path}: {e}") from None
+
+
+# --- which records ---------------------------------------------------------------------------------------------
+
+def record_source(paths: tuple[str, ...], split: str) -> grain.MapDataset:
+    """The split's records in `paths` as a Grain MapDataset of `Record` (see the module docstring): JSONL records
+    from memory, then ArrayRecord records read and decoded when asked for (an index may hold None: a record met
+    again, which iteration skips)."""
     files = shard_files(paths, split)
+    array_records = [f for f in files if ".array_record" in f]
+    jsonl = _jsonl_records([f for f in files if ".array_record" not in f], split)
+    parts = [grain.MapDataset.source(list(jsonl.values()))] if jsonl else []
+    if array_records:
+        instructions = [f"{path}[0:{_checked_length(path, split)}]" for path in array_records]
+        source = grain.sources.ArrayRecordDataSource(instructions, reader_options=READER_OPTIONS)
+        parts.append(grain.MapDataset.source(source).map(_ShardRecord(split, jsonl)))
+    if not parts:
+        raise DataError(f"No {split} records in {', '.join(files)} (each record's `split` field says which it is).")
+    return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
+
+
+def read_records(paths: tuple[str, ...], split: str) -> list[Record]:
+    """Every record of the split, in memory: for tools and tests on small corpora (training streams them)."""
+    records = record_source(paths, split)
+    return [record for record in (records[i] for i in range(len(records))) if record is not None]
+
+
+def _jsonl_records(files: list[str], split: str) -> dict[str, Record]:
+    """The split's records of JSONL files by id, each id once."""
     records: dict[str, Record] = {}
     repeated = 0
     for path in files:
         try:
-            if ".array_record" in path:
-                source = grain.sources.ArrayRecordDataSource([path])
-                entries = [source[i] for i in range(len(source))]
-            else:
-                with open(path, "rb") as f:
-                    entries = [line for line in f.read().splitlines() if line.strip()]
-        except (OSError, RuntimeError, ValueError) as e:
+            entries = [line for line in epath.Path(path).read_bytes().splitlines() if line.strip()]
+        except OSError as e:
             raise DataError(f"Cannot read training shard {path}: {e}") from None
         if not entries:
             raise DataError(f"Training shard {path} is empty.")
@@ -91,15 +163,54 @@ def read_records(paths: tuple[str, ...], split: str) -> list[Record]:
             if record.split != split:
                 continue
             if (seen := records.setdefault(record.id, record)) is not record:
-                if seen != record:
-                    raise DataError(f"Two different records share the id {record.id!r} (one in {path}); record "
-                                    "ids must be unique: rebuild the shards, or give one corpus per id space.")
+                _check_same(seen, record, path)
                 repeated += 1
-    if not records:
+    if files and not records:
         raise DataError(f"No {split} records in {', '.join(files)} (each record's `split` field says which it is).")
     if repeated:
         logging.warning("%d records were given more than once (same id); each is read once.", repeated)
-    return list(records.values())
+    return records
+
+
+def _checked_length(path: str, split: str) -> int:
+    """The shard's record count, after checking that it opens, is not empty and holds `split` records (its
+    first one: the data pipeline writes one split per shard; the rest are checked as they are read)."""
+    try:
+        reader = ArrayRecordReader(path)
+        count = reader.num_records()
+        first = reader.read([0])[0] if count else None
+        reader.close()
+    except (OSError, RuntimeError, ValueError) as e:
+        raise DataError(f"Cannot read training shard {path}: {e}") from None
+    if not count:
+        raise DataError(f"Training shard {path} is empty.")
+    if (record := _decode(first)).split != split:
+        raise DataError(f"Training shard {path} holds {record.split} records, not {split} ones: pass each split's "
+                        f"own shards ({split}-*.array_record).")
+    return count
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardRecord:
+    """Decodes one ArrayRecord entry; None for a record also given as JSONL."""
+    split: str
+    jsonl: dict[str, Record]
+
+    def __call__(self, raw: bytes) -> Record | None:
+        record = _decode(raw)
+        if record.split != self.split:
+            raise DataError(f"Record {record.id} is a {record.split} record in a shard read for {self.split}: an "
+                            f"ArrayRecord shard holds one split (pass the split's own shards, {self.split}-*).")
+        if (seen := self.jsonl.get(record.id)) is not None:
+            _check_same(seen, record, "an ArrayRecord shard")
+            return None
+        return record
+
+
+def _check_same(seen: Record, record: Record, where: str) -> None:
+    if seen != record:
+        raise DataError(f"Two different records share the id {record.id!r} (one in {where}); record ids must be "
+                        "unique: rebuild the shards, or give one corpus per id space.")
 
 
 def _decode(raw: bytes) -> Record:
@@ -108,6 +219,8 @@ def _decode(raw: bytes) -> Record:
     except (RecordError, ValueError) as e:
         raise DataError(f"Bad training record: {e} (record starts {raw[:120]!r}).") from None
 
+
+# --- records -> batches ----------------------------------------------------------------------------------------
 
 class _ToWindows(grain_exp.FlatMapTransform):
     max_fan_out = MAX_WINDOWS_PER_RECORD
@@ -138,7 +251,7 @@ def make_dataset(spec: DataSpec, tokenizer: Tokenizer, process_index: int = 0,
     if spec.batch_size % (spec.microbatches * process_count):
         raise DataError(f"batch_size {spec.batch_size} must divide into {spec.microbatches} microbatches on "
                         f"{process_count} process(es).")
-    ds = grain.MapDataset.source(read_records(spec.paths, spec.split))
+    ds = record_source(spec.paths, spec.split)
     if spec.num_epochs > 1:
         ds = ds.repeat(spec.num_epochs)
     if spec.shuffle:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import xxhash
+from etils import epath
 
 from devstral_jax.data.pipeline import shard_files
 from devstral_jax.errors import ConfigError
@@ -75,14 +75,14 @@ def _shards_digest(paths: tuple[str, ...], split: str) -> str:
     digest = xxhash.xxh3_128()
     manifests = set()
     for path in shard_files(paths, split):
-        size = os.path.getsize(path)
+        size = epath.Path(path).stat().length
         digest.update(f"{os.path.basename(path)}\0{size}\0".encode())
-        with open(path, "rb") as f:
+        with epath.Path(path).open("rb") as f:
             digest.update(f.read(_SAMPLE_BYTES))
             f.seek(max(size - _SAMPLE_BYTES, 0))
             digest.update(f.read(_SAMPLE_BYTES))
         manifests.add(os.path.join(os.path.dirname(path), "manifest.json"))
-    for manifest in sorted(m for m in manifests if os.path.isfile(m)):
-        digest.update(Path(manifest).read_bytes())
+    for manifest in sorted(m for m in manifests if epath.Path(m).is_file()):
+        digest.update(epath.Path(manifest).read_bytes())
     return digest.hexdigest()
 

@@ -1,5 +1,6 @@
 """Where training metrics go: `metrics.jsonl` (one JSON object per line), TensorBoard, and a PNG of the
-loss curves at the end."""
+loss curves at the end. The workdir may be a bucket URL: there metrics.jsonl, which an object store cannot append
+to, is written whole each time (it is small)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import os
 
 import matplotlib
+from etils import epath
+
+from devstral_jax.storage import is_remote
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -18,13 +22,21 @@ class MetricsLog:
         self.workdir, self.enabled = workdir, enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+        self._text = None  # a remote metrics.jsonl as written so far
 
     def write(self, record: dict) -> None:
         """Appends `record` (which has a `step`) to metrics.jsonl and TensorBoard."""
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if is_remote(self.path):
+            if self._text is None:
+                self._text = epath.Path(self.path).read_text() if epath.Path(self.path).exists() else ""
+            self._text += line
+            epath.Path(self.path).write_text(self._text)
+        else:
+            with open(self.path, "a") as f:
+                f.write(line)
         for key, value in record.items():
             if key != "step":
                 self._writer.add_scalar(key, value, record["step"])
@@ -38,8 +50,7 @@ class MetricsLog:
 
 
 def read_metrics(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
 
 
 def plot_losses(metrics_path: str, png_path: str) -> None:
@@ -56,5 +67,6 @@ def plot_losses(metrics_path: str, png_path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
+    with epath.Path(png_path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)

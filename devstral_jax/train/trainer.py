@@ -27,6 +27,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -39,6 +40,7 @@ from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
 from devstral_jax.tokenizers import Tokenizer, check_vocab, load_tokenizer, model_tokenizer
+from devstral_jax.storage import absolute
 from devstral_jax.train import config as train_config
 from devstral_jax.train.fingerprint import allowed_changes, differences, run_fingerprint
 from devstral_jax.train.metrics_log import MetricsLog
@@ -71,7 +73,7 @@ def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
             raise TrainingError(f"config.model disagrees with the checkpoint in {config.base} on {differing}; "
                                 "set config.model from that checkpoint's preset (or its config.json).")
         graphdef, lora, frozen = nnx.split(loaded.model, LoRAParam, ...)
-        return graphdef, lora, frozen, os.path.abspath(config.base)
+        return graphdef, lora, frozen, absolute(config.base)
 
     def create() -> tuple[nnx.State, nnx.State]:
         _, lora, frozen = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)), LoRAParam, ...)
@@ -239,11 +241,12 @@ def _check_batch_shape(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 
 def _make_workdir(workdir: str) -> str:
-    workdir = os.path.abspath(workdir)
+    """`workdir` made absolute (a URL stays one) and created."""
+    workdir = absolute(workdir)
     try:
-        os.makedirs(workdir, exist_ok=True)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise TrainingError(f"Cannot use {workdir} as the workdir: {e.strerror}. Pass a directory.") from None
+        raise TrainingError(f"Cannot use {workdir} as the workdir: {e.strerror or e}. Pass a directory.") from None
     return workdir
 
 
@@ -252,7 +255,7 @@ def _resume_or_start(run: _Run, fresh: TrainState) -> TrainState:
     previous stage's adapters if `train.init_adapters_from` names one."""
     fingerprint = run.meta["base_fingerprint"]
     checkpoints = os.path.join(run.workdir, "checkpoints")
-    if os.path.isdir(checkpoints):
+    if epath.Path(checkpoints).is_dir():
         with Checkpointer(checkpoints, read_only=True) as checkpointer:
             if checkpointer.all_steps():
                 state, data_state, _ = checkpointer.restore(_abstract(fresh), expected_fingerprint=fingerprint,
@@ -279,50 +282,89 @@ def _check_same_run(run: _Run, step: int, meta: dict) -> None:
 
 
 def _loop(run: _Run, state: TrainState, checkpointer: Checkpointer, log: MetricsLog) -> TrainResult:
-    """Steps from `state.step` to `train.stop_at` (or `train.steps`); a SIGTERM ends it after a checkpoint."""
+    """Steps from `state.step` to `train.stop_at` (or `train.steps`); a SIGTERM ends it after a checkpoint.
+
+    The host never waits for a step before sending the next one: step n's metrics are read (logged, and checked
+    by the NaN guard and the dead-run check, which therefore stop the run one step late) while step n+1 runs, as
+    MaxText's one-step-behind logging does. At a step that is evaluated or checkpointed (and at a SIGTERM) its
+    own metrics are read first, so what is saved and measured is exactly that step's."""
     train = run.config.train
     start = int(state.step)
     stop_at = min(train.stop_at or train.steps, train.steps)
     result = TrainResult(run.workdir, start, {}, {})
-    logged_step, logged_time = start, time.perf_counter()
-    dead = 0  # steps in a row at the uniform loss with a zero gradient
+    monitor = _Monitor(run, log, result, stop_at, start, int(state.bad_steps_in_a_row), int(state.skipped_steps))
+    pending = None  # the step dispatched last, whose metrics have not been read
     with _SigtermFlag() as sigterm, tqdm(total=train.steps, initial=start, desc="train", unit="step",
                                          disable=jax.process_index() != 0) as progress:
+        monitor.progress = progress
         for step in range(start, stop_at):
             host_batch = next(run.train_batches)
             state, metrics = run.step_fn(state, run.frozen, sharding.place_batch(host_batch, run.mesh))
-            _stop_if_diverging(state, step, train.max_bad_steps)
+            if pending is not None:
+                monitor.read(pending)
             done = step + 1
-            last = done == stop_at
-            result.losses[done] = float(metrics["loss"])
-            if done % train.log_every == 0 or last:
-                seconds = (time.perf_counter() - logged_time) / (done - logged_step)
-                record = _step_record(run, done, state, metrics, host_batch, seconds)
-                log.write(record)
-                progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                logged_step, logged_time = done, time.perf_counter()
-            dead = _stop_if_dead(run, done, dead, result.losses[done], float(metrics["grad_norm"]))
+            pending = _Dispatched(done, metrics, host_batch)
+            last, stopping = done == stop_at, sigterm.raised
+            evaluate = done % train.eval_every == 0 or last
+            save = done % train.checkpoint_every == 0 or last or stopping
+            if evaluate or save:
+                monitor.read(pending)
+                pending = None
             eval_loss = None
-            if done % train.eval_every == 0 or last:
+            if evaluate:
                 eval_loss = result.eval_losses[done] = _validation_loss(run, state.lora)
                 log.write(dict(step=done, eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50))))
-            if done % train.checkpoint_every == 0 or last or sigterm.raised:
+            if save:
                 checkpointer.save(done, state, run.train_batches.get_state(), run.meta, eval_loss=eval_loss,
-                                  force=sigterm.raised)
+                                  force=stopping)
             progress.update(1)
             result.last_step = done
-            if sigterm.raised:
+            if stopping:
                 result.stopped_by_signal = True
                 logging.warning("SIGTERM: saved step %d to %s and stopped.", done, run.workdir)
                 break
     return result
 
 
-def _stop_if_diverging(state: TrainState, step: int, max_bad_steps: int) -> None:
-    """The step skips a non-finite update by itself; this ends a run that keeps producing them."""
-    if int(state.bad_steps_in_a_row) >= max_bad_steps:
-        raise TrainingError(f"{max_bad_steps} non-finite steps in a row at step {step + 1} "
-                            "(loss or gradient NaN/Inf): lower optim.learning_rate or check the data.")
+@dataclasses.dataclass
+class _Dispatched:
+    """A step sent to the devices: its metrics stay device arrays until the host reads them."""
+    step: int  # the step count once it has run
+    metrics: dict[str, jax.Array]
+    host_batch: dict[str, np.ndarray]
+
+
+class _Monitor:
+    """Reads each step's metrics once, in order: the loss for the result, the metrics log, the NaN guard and the
+    dead-run check. It mirrors the train state's non-finite counters from each step's `finite` flag instead of
+    reading them from the state (donated to the next step by then)."""
+
+    def __init__(self, run: _Run, log: MetricsLog, result: TrainResult, stop_at: int, start: int,
+                 bad_steps_in_a_row: int, skipped_steps: int):
+        self.run, self.log, self.result, self.stop_at = run, log, result, stop_at
+        self.bad_steps_in_a_row, self.skipped_steps = bad_steps_in_a_row, skipped_steps
+        self.dead = 0  # steps in a row at the uniform loss with a zero gradient
+        self.logged_step, self.logged_time = start, time.perf_counter()
+        self.progress: tqdm | None = None
+
+    def read(self, dispatched: _Dispatched) -> None:
+        train, done = self.run.config.train, dispatched.step
+        metrics = {name: value.item() for name, value in jax.device_get(dispatched.metrics).items()}
+        finite = bool(metrics["finite"])
+        self.bad_steps_in_a_row = 0 if finite else self.bad_steps_in_a_row + 1
+        self.skipped_steps += not finite
+        self.result.losses[done] = metrics["loss"]
+        if self.bad_steps_in_a_row >= train.max_bad_steps:
+            raise TrainingError(f"{train.max_bad_steps} non-finite steps in a row at step {done} "
+                                "(loss or gradient NaN/Inf): lower optim.learning_rate or check the data.")
+        if done % train.log_every == 0 or done == self.stop_at:
+            seconds = (time.perf_counter() - self.logged_time) / (done - self.logged_step)
+            record = _step_record(self.run, done, self.skipped_steps, metrics, dispatched.host_batch, seconds)
+            self.log.write(record)
+            if self.progress is not None:
+                self.progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            self.logged_step, self.logged_time = done, time.perf_counter()
+        self.dead = _stop_if_dead(self.run, done, self.dead, metrics["loss"], metrics["grad_norm"])
 
 
 def _stop_if_dead(run: _Run, step: int, dead: int, loss: float, grad_norm: float) -> int:
@@ -338,12 +380,12 @@ def _stop_if_dead(run: _Run, step: int, dead: int, loss: float, grad_norm: float
     return dead
 
 
-def _step_record(run: _Run, step: int, state: TrainState, metrics: dict, host_batch: dict[str, np.ndarray],
-                 seconds: float) -> dict[str, Any]:
+def _step_record(run: _Run, step: int, skipped_steps: int, metrics: dict[str, float],
+                 host_batch: dict[str, np.ndarray], seconds: float) -> dict[str, Any]:
     """One metrics.jsonl line: the step's loss and optimizer figures, speed, and which data it saw."""
     tokens_per_step = run.config.data.batch_size * run.config.data.seq_len
-    record = dict(step=step, loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
-                  learning_rate=float(metrics["learning_rate"]), skipped_steps=int(state.skipped_steps),
+    record = dict(step=step, loss=metrics["loss"], grad_norm=metrics["grad_norm"],
+                  learning_rate=metrics["learning_rate"], skipped_steps=skipped_steps,
                   tokens_per_s=tokens_per_step / seconds, seconds_per_step=seconds,
                   batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()))
     if run.peak_flops:
@@ -372,19 +414,26 @@ def _abstract(tree: Any) -> Any:
 
 def _adapters_from(workdir: str, abstract_lora: nnx.State, fingerprint: str) -> nnx.State:
     """The final LoRA parameters of a previous stage's run (its optimizer state is neither read nor carried over)."""
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(checkpoints):
+    if not is_workdir(workdir):
         raise TrainingError(f"init_adapters_from={workdir!r} is not a training workdir (it has no checkpoints/).")
-    with Checkpointer(checkpoints, read_only=True) as checkpointer:
+    with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as checkpointer:
         part, _ = checkpointer.restore_part({"lora": abstract_lora}, expected_fingerprint=fingerprint)
     return part["lora"]
 
 
-def restore_trained_model(workdir: str, step: int | None = None) -> tuple[Transformer, ModelConfig, dict]:
+def is_workdir(path: str) -> bool:
+    """Whether `path` (local or a URL) is a training workdir: it has checkpoints."""
+    return epath.Path(path, "checkpoints").is_dir()
+
+
+def restore_trained_model(workdir: str, checkpoint: str = "best") -> tuple[Transformer, ModelConfig, dict]:
     """The model of a training workdir (base rebuilt from its recorded source + trained adapters) for
-    evaluation and export: (model, model config, checkpoint meta). Reads only the adapters of the checkpoint."""
-    with Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), read_only=True) as checkpointer:
-        step = checkpointer.usable_step(step)
+    evaluation, export and generation: (model, model config, checkpoint meta). `checkpoint` is "best" (the lowest
+    validation loss: what the run learnt best, kept by retention for this), "latest" or a step number; which one
+    was restored, and why, is recorded in the meta as `checkpoint` (its `why` is the line to show). Reads only
+    the adapters."""
+    with Checkpointer(os.path.join(absolute(workdir), "checkpoints"), read_only=True) as checkpointer:
+        step, why = checkpointer.chosen_step(str(checkpoint))
         meta = checkpointer.restore_meta(step)
         config = ml_collections.ConfigDict(meta["config"])
         model_config = from_config_dict(config.model)
@@ -392,4 +441,7 @@ def restore_trained_model(workdir: str, step: int | None = None) -> tuple[Transf
         graphdef, lora, frozen, _ = build_model(config, model_config, mesh)
         part, meta = checkpointer.restore_part({"lora": _abstract(lora)}, step,
                                                expected_fingerprint=base_fingerprint(frozen))
+        eval_loss = checkpointer.eval_losses().get(step)
+    meta = dict(meta, checkpoint=dict(workdir=workdir, step=step, asked=str(checkpoint), eval_loss=eval_loss,
+                                      why=why))
     return nnx.merge(graphdef, part["lora"], frozen), model_config, meta
