@@ -11,7 +11,6 @@ ways the real code reaches GCS, with no network:
 from __future__ import annotations
 
 import contextlib
-import gc
 import http.server
 import json
 import os
@@ -217,7 +216,8 @@ class _Server(http.server.ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def fake_gcs(root: str) -> Iterator[str]:
-    """Serves `root` as GCS (each folder in it a bucket) for this process and the ones it starts; yields the URL."""
+    """Serves `root` as GCS (each folder in it a bucket) for this process and the ones it starts; yields the URL.
+    Leaving restores the environment; the server itself (a daemon thread) lives on."""
     server = _Server(root)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -232,10 +232,7 @@ def fake_gcs(root: str) -> Iterator[str]:
     epath_backend.fsspec_backend._get_filesystem.cache_clear()
     try:
         yield url
-    finally:
-        gc.collect()  # writers that upload once more when deleted (tensorboardX's) do it while the server runs
-        server.shutdown()
-        server.server_close()
+    finally:  # the server keeps serving until the process ends: tensorboardX's writers upload again at exit
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
