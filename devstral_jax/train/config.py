@@ -29,6 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
         validation_paths=("devstral_jax/data/sample/sample.jsonl",),
         tokenizer="",  # a tekken.json; empty: the base dir's, else the one packaged with mistral-common
         seq_len=512, batch_size=8, microbatches=1, packing_bins=16, worker_count=0, shuffle=True,
+        # Sources mixed by weight, each a filter over the records (devstral_jax/data/mixture.py); empty: all records.
+        mixture=(),
     ))
     config.optim = optim.default_config()
     config.train = ml_collections.ConfigDict(dict(

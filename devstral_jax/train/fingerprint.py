@@ -5,8 +5,8 @@ Fingerprinted (a change makes the resumed run differ from an uninterrupted one):
 `config.model` field except how the same math is scheduled (`scan_layers`, `remat_policy`,
 `attention_impl`); every `config.optim` field; `train.steps` (the learning-rate schedule's horizon: to
 extend a run, allow it); the data's `seq_len`, `batch_size`, `microbatches`, `packing_bins`, `shuffle`, the
-shard paths of both splits and a digest of the shard files; the tokenizer file's digest. The frozen base is
-checked separately, by its own fingerprint (checkpoint.base_fingerprint).
+mixture (when set), the shard paths of both splits and a digest of the shard files; the tokenizer file's digest.
+The frozen base is checked separately, by its own fingerprint (checkpoint.base_fingerprint).
 
 Never fingerprinted, free to change between runs: `train.stop_at`, `log_every`, `eval_every`,
 `eval_batches`, `checkpoint_every`, `keep_checkpoints`, `async_checkpoint`, `max_bad_steps`,
@@ -26,6 +26,7 @@ from typing import Any
 import ml_collections
 import xxhash
 
+from devstral_jax.data import mixture
 from devstral_jax.data.pipeline import shard_files
 from devstral_jax.errors import ConfigError
 
@@ -43,6 +44,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, tokenizer_file: Path) -> 
     fields.update({f"data.{k}": config.data[k] for k in _DATA_FIELDS})
     for split in ("train", "validation"):
         fields[f"data.{split}_shards"] = _shards_digest(tuple(config.data[f"{split}_paths"]), split)
+    if config.data.mixture:  # absent when unset, so checkpoints from before mixtures existed still resume
+        fields["data.mixture"] = mixture.fingerprint(mixture.parse_mixture(config.data.mixture))
     fields["data.tokenizer"] = xxhash.xxh3_128_hexdigest(Path(tokenizer_file).read_bytes())
     return json.loads(json.dumps(fields))  # tuples as lists, as they come back from a checkpoint
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from devstral_jax import sharding
 from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
+from devstral_jax.data import mixture
 from devstral_jax.data.pipeline import DataSpec, make_dataset
 from devstral_jax.data.tokenize import RecordTokenizer
 from devstral_jax.errors import CheckpointError, TrainingError
@@ -103,7 +104,7 @@ def _data_spec(config: ml_collections.ConfigDict, split: str) -> DataSpec:
     return DataSpec(paths=tuple(paths), split=split, seq_len=d.seq_len, batch_size=d.batch_size,
                     microbatches=d.microbatches, seed=config.seed, shuffle=d.shuffle and split == "train",
                     num_epochs=1000 if split == "train" else 1, packing_bins=d.packing_bins,
-                    worker_count=d.worker_count if split == "train" else 0)
+                    worker_count=d.worker_count if split == "train" else 0, mixture=mixture.parse_mixture(d.mixture))
 
 
 class _SigtermFlag:
@@ -282,7 +283,8 @@ def _loop(run: _Run, state: TrainState, checkpointer: Checkpointer, log: Metrics
                                          disable=jax.process_index() != 0) as progress:
         for step in range(start, stop_at):
             host_batch = next(run.train_batches)
-            state, metrics = run.step_fn(state, run.frozen, sharding.place_batch(host_batch, run.mesh))
+            model_batch = {k: v for k, v in host_batch.items() if k != mixture.TALLY}
+            state, metrics = run.step_fn(state, run.frozen, sharding.place_batch(model_batch, run.mesh))
             _stop_if_diverging(state, step, train.max_bad_steps)
             done = step + 1
             last = done == stop_at
@@ -337,7 +339,8 @@ def _step_record(run: _Run, step: int, state: TrainState, metrics: dict, host_ba
     record = dict(step=step, loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
                   learning_rate=float(metrics["learning_rate"]), skipped_steps=int(state.skipped_steps),
                   tokens_per_s=tokens_per_step / seconds, seconds_per_step=seconds,
-                  batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()))
+                  batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()),
+                  **mixture.tally_metrics(run.config.data.mixture, host_batch))
     if run.peak_flops:
         record["mfu"] = mfu(run.flops_per_token * tokens_per_step / seconds, run.peak_flops)
     if (memory := peak_device_memory_gb()) is not None:
