@@ -56,6 +56,7 @@ class TrainResult:
     losses: dict[int, float]  # step -> training loss, for the steps this call ran
     eval_losses: dict[int, float]
     stopped_by_signal: bool = False
+    summary: str = ""  # multi-stage runs: the forgetting table
 
 
 def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
@@ -98,7 +99,7 @@ def train_step_and_state(config: ml_collections.ConfigDict, model_config: ModelC
     return step_fn, jax.device_put(state, state_shardings)
 
 
-def _data_spec(config: ml_collections.ConfigDict, split: str) -> DataSpec:
+def data_spec(config: ml_collections.ConfigDict, split: str) -> DataSpec:
     d = config.data
     paths = d.train_paths if split == "train" else d.validation_paths
     return DataSpec(paths=tuple(paths), split=split, seq_len=d.seq_len, batch_size=d.batch_size,
@@ -132,32 +133,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     stage in `workdir/<stage name>`."""
     train_config.validate(config)
     if config.stages:
-        return _train_stages(config, workdir)
-    return _train_single(config, workdir)
+        from devstral_jax.train.stages import train_stages  # stages.py builds on this module
+
+        return train_stages(config, workdir)
+    return train_run(config, workdir)
 
 
-def _train_stages(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-    """Each stage is a run of its own in `workdir/<name>`, starting from the previous stage's final adapters
-    with a fresh optimizer; rerunning the command skips finished stages and resumes the unfinished one."""
-    previous, result = config.train.init_adapters_from, None
-    for stage in config.stages:
-        stage_config = ml_collections.ConfigDict(config.to_dict())
-        stage_config.stages = ()
-        overrides = dict(stage)
-        name = overrides.pop("name")
-        for section, values in overrides.items():
-            if section not in stage_config:
-                raise TrainingError(f"Stage {name!r} overrides an unknown section {section!r}.")
-            stage_config[section].update(values)
-        train_config.validate(stage_config)
-        stage_config.train.init_adapters_from = previous
-        logging.info("Stage %s", name)
-        result = _train_single(stage_config, os.path.join(workdir, name))
-        previous = result.workdir
-    return result
-
-
-def _train_single(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+def train_run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """One run: set up, resume (or start), loop, plot. The checkpoint to resume from is read before the writing
     Checkpointer opens: its start-up clean-up of unfinished saves runs in a thread that an immediate exit (a
     refused checkpoint) would cut short with a traceback."""
@@ -205,7 +187,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     if model_config.vocab_size < tokenizer.vocab_size:
         raise TrainingError(f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
                             f"{tokenizer.vocab_size} tokens.")
-    datasets = {split: make_dataset(_data_spec(config, split), tokenizer, jax.process_index(), jax.process_count())
+    datasets = {split: make_dataset(data_spec(config, split), tokenizer, jax.process_index(), jax.process_count())
                 for split in ("train", "validation")}
     step_fn, fresh = train_step_and_state(config, model_config, graphdef, lora, frozen, mesh)
     meta = dict(config=json.loads(config.to_json_best_effort()), fingerprint=fingerprint, base_source=base_source,
@@ -248,13 +230,13 @@ def _resume_or_start(run: _Run, fresh: TrainState) -> TrainState:
     if os.path.isdir(checkpoints):
         with Checkpointer(checkpoints, read_only=True) as checkpointer:
             if checkpointer.all_steps():
-                state, data_state, _ = checkpointer.restore(_abstract(fresh), expected_fingerprint=fingerprint,
+                state, data_state, _ = checkpointer.restore(abstract(fresh), expected_fingerprint=fingerprint,
                                                             check_meta=functools.partial(_check_same_run, run))
                 run.train_batches.set_state(data_state)
                 logging.info("Resumed from step %d of %s", int(state.step), run.workdir)
                 return state
     if run.config.train.init_adapters_from:
-        lora = _adapters_from(run.config.train.init_adapters_from, _abstract(fresh.lora), fingerprint)
+        lora = adapters_from(run.config.train.init_adapters_from, abstract(fresh.lora), fingerprint)
         return dataclasses.replace(fresh, lora=lora)
     return fresh
 
@@ -360,12 +342,12 @@ def _validation_loss(run: _Run, lora: nnx.State) -> float:
     return total / count
 
 
-def _abstract(tree: Any) -> Any:
+def abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of placed arrays: what Orbax restores into."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _adapters_from(workdir: str, abstract_lora: nnx.State, fingerprint: str) -> nnx.State:
+def adapters_from(workdir: str, abstract_lora: nnx.State, fingerprint: str) -> nnx.State:
     """The final LoRA parameters of a previous stage's run (its optimizer state is neither read nor carried over)."""
     checkpoints = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(checkpoints):
@@ -385,6 +367,6 @@ def restore_trained_model(workdir: str, step: int | None = None) -> tuple[Transf
         model_config = from_config_dict(config.model)
         mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
         graphdef, lora, frozen, _ = build_model(config, model_config, mesh)
-        part, meta = checkpointer.restore_part({"lora": _abstract(lora)}, step,
+        part, meta = checkpointer.restore_part({"lora": abstract(lora)}, step,
                                                expected_fingerprint=base_fingerprint(frozen))
     return nnx.merge(graphdef, part["lora"], frozen), model_config, meta
