@@ -42,6 +42,7 @@ from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
 from devstral_jax.tokenizer import tekken_file
 from devstral_jax.train import config as train_config
+from devstral_jax.train import ewc
 from devstral_jax.train.fingerprint import allowed_changes, differences, run_fingerprint
 from devstral_jax.train.metrics_log import MetricsLog
 from devstral_jax.train.optim import make_optimizer
@@ -92,9 +93,11 @@ def train_step_and_state(config: ml_collections.ConfigDict, model_config: ModelC
     """The jitted train step of `config` (optimizer, schedule, loss chunking, dropout) and its initial state
     placed on `mesh`: what the loop, the tests and benchmarks/train_step.py run."""
     tx, schedule = make_optimizer(config.optim, lora, model_config.num_layers, config.train.steps)
-    state = init_state(lora, tx, config.seed)
+    anchor = ewc.anchor_for(config.ewc, lora)
+    state = init_state(lora, tx, config.seed, anchor)
+    strength = ewc.strength_schedule(config.ewc, config.train.steps) if anchor else None
     step_fn, state_shardings = jit_train_step(
-        make_train_step(graphdef, tx, schedule, config.train.loss_chunk, model_config.lora_dropout > 0),
+        make_train_step(graphdef, tx, schedule, config.train.loss_chunk, model_config.lora_dropout > 0, strength),
         state, frozen, mesh)
     return step_fn, jax.device_put(state, state_shardings)
 
@@ -236,8 +239,10 @@ def _resume_or_start(run: _Run, fresh: TrainState) -> TrainState:
                 logging.info("Resumed from step %d of %s", int(state.step), run.workdir)
                 return state
     if run.config.train.init_adapters_from:
-        lora = adapters_from(run.config.train.init_adapters_from, abstract(fresh.lora), fingerprint)
-        return dataclasses.replace(fresh, lora=lora)
+        names = ("lora", "opt_state") if run.config.train.keep_optimizer else ("lora",)
+        part = final_part(run.config.train.init_adapters_from, {n: abstract(getattr(fresh, n)) for n in names},
+                          fingerprint)
+        return dataclasses.replace(fresh, **part)
     return fresh
 
 
@@ -323,6 +328,8 @@ def _step_record(run: _Run, step: int, state: TrainState, metrics: dict, host_ba
                   tokens_per_s=tokens_per_step / seconds, seconds_per_step=seconds,
                   batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()),
                   **mixture.tally_metrics(run.config.data.mixture, host_batch))
+    if "ewc_penalty" in metrics:
+        record["ewc_penalty"] = float(metrics["ewc_penalty"])
     if run.peak_flops:
         record["mfu"] = mfu(run.flops_per_token * tokens_per_step / seconds, run.peak_flops)
     if (memory := peak_device_memory_gb()) is not None:
@@ -347,14 +354,15 @@ def abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def adapters_from(workdir: str, abstract_lora: nnx.State, fingerprint: str) -> nnx.State:
-    """The final LoRA parameters of a previous stage's run (its optimizer state is neither read nor carried over)."""
+def final_part(workdir: str, abstract_part: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """Parts of the final train state of a previous stage's run: its adapters (`lora`), and its optimizer state
+    (`opt_state`) when asked for (train.keep_optimizer; the optimizer must then be built the same way)."""
     checkpoints = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(checkpoints):
         raise TrainingError(f"init_adapters_from={workdir!r} is not a training workdir (it has no checkpoints/).")
     with Checkpointer(checkpoints, read_only=True) as checkpointer:
-        part, _ = checkpointer.restore_part({"lora": abstract_lora}, expected_fingerprint=fingerprint)
-    return part["lora"]
+        part, _ = checkpointer.restore_part(abstract_part, expected_fingerprint=fingerprint)
+    return part
 
 
 def restore_trained_model(workdir: str, step: int | None = None) -> tuple[Transformer, ModelConfig, dict]:
