@@ -15,7 +15,7 @@ from tests.test_train_resume import ENV, ROOT, SMALL
 def test_three_stage_run_completes_with_mixtures_and_ewc_and_prints_the_forgetting_table(tmp_path):
     workdir = tmp_path / "curriculum"
     result = subprocess.run([sys.executable, "launch/train.py", "--config=configs/stages.py:8", f"--workdir={workdir}",
-                             *SMALL], cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
+                             *SMALL, "--config.optim.warmup_steps=0"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
     header = lines.index("| after | general_code | cpt | instructions | prose |")
