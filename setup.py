@@ -53,7 +53,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["devstral_jax", "devstral_jax.*", "data_pipeline", "data_pipeline.*"]),
     package_data={"data_pipeline": ["sources/*.exs"],
-                  "devstral_jax": ["data/sample/*", "elixir/*.exs", "eval/*.exs", "eval/data/*"]},
+                  "devstral_jax": ["data/sample/*", "data/general_code/*", "elixir/*.exs", "eval/*.exs", "eval/data/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )

@@ -1,9 +1,16 @@
-"""The seeds' three-stage curriculum as one run: stage 1 continued pretraining on Elixir code (`text`
-records), stage 2 instructions (`chat`/`fim`, with discriminative per-layer learning rates), stage 3
-book-derived material. Each stage trains in <workdir>/<name>, starting from the previous stage's adapters.
+"""The seeds' three-stage curriculum as one run, over one prepared corpus (here the shipped sample): continued
+pretraining on Elixir text, then instructions, then prose, each stage a mixture of record sources
+(devstral_jax/data/mixture.py) starting from the previous stage's adapters, the later ones held to the earlier
+ones by EWC (devstral_jax/train/ewc.py) and replaying some of their data. Every stage reports its forgetting on
+general (Python) code and on each stage's validation data: the table is printed at the end.
 
-    python launch/train.py --config=configs/stages.py --workdir=runs/curriculum \
-        --config.base=/path/to/Devstral-Small-2507
+    python launch/train.py --config=configs/stages.py --workdir=runs/curriculum       # 300 steps in all
+    python launch/train.py --config=configs/stages.py:30 --workdir=runs/quick         # 30 steps in all
+
+It builds on configs/tiny_cpu.py (the CPU demo model); for Devstral, set the same `stages` on
+configs/devstral_small_qlora_gpu.py and point `data.train_paths` at `launch/prepare_data.py`'s output. The
+shipped sample holds documentation text and instructions only, so its "prose" stage reads the documentation
+again; a corpus with books (source kind `book`) or guides (`elixir_guides`) trains the third stage on those.
 """
 
 import ml_collections
@@ -11,17 +18,24 @@ import ml_collections
 from devstral_jax.train.config import sibling_config
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = sibling_config(__file__, "devstral_small_qlora_gpu")
-    config.stages = (
-        ml_collections.ConfigDict(dict(
-            name="stage1_code", data=dict(train_paths=("data/stage1",), validation_paths=("data/stage1",)),
-            train=dict(steps=3000), optim=dict(learning_rate=2e-4))),
-        ml_collections.ConfigDict(dict(
-            name="stage2_instructions", data=dict(train_paths=("data/stage2",), validation_paths=("data/stage2",)),
-            train=dict(steps=2000), optim=dict(learning_rate=1e-4, layer_lr_decay=0.9))),
-        ml_collections.ConfigDict(dict(
-            name="stage3_books", data=dict(train_paths=("data/stage3",), validation_paths=("data/stage3",)),
-            train=dict(steps=500), optim=dict(learning_rate=5e-5))),
+def stages(total_steps: int) -> tuple[ml_collections.ConfigDict, ...]:
+    """CPT 50% of the steps, instructions 30%, prose 20%."""
+    def stage(name: str, share: float, mixture: tuple[dict, ...], **sections) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(dict(name=name, train=dict(steps=max(1, round(total_steps * share))),
+                                              data=dict(mixture=mixture), **sections))
+
+    return (
+        stage("cpt", 0.5, (dict(name="elixir_text", weight=1.0, kind="text"),)),
+        stage("instructions", 0.3, (dict(name="chat", weight=0.7, kind="chat"),
+                                    dict(name="elixir_text", weight=0.3, kind="text")),
+              ewc=dict(strength=100.0, schedule="warmup", warmup_steps=max(1, total_steps // 20))),
+        stage("prose", 0.2, (dict(name="prose", weight=0.8, kind="text", source=("book", "elixir_guides", "otp_docs")),
+                             dict(name="chat", weight=0.2, kind="chat")),
+              ewc=dict(strength=100.0, schedule="decay"), optim=dict(learning_rate=3e-3)),
     )
+
+
+def get_config(total_steps: str = "300") -> ml_collections.ConfigDict:
+    config = sibling_config(__file__, "tiny_cpu")
+    config.stages = stages(int(total_steps))
     return config

@@ -38,6 +38,8 @@ def main(argv: list[str]) -> None:
         first, last = min(losses), max(losses)
         print(f"validation loss: {losses[first]:.4f} at step {first} -> {losses[last]:.4f} at step {last}")
     print(f"outputs: {result.workdir}/checkpoints, metrics.jsonl, tensorboard/, loss.png")
+    if result.summary:
+        print(result.summary)
 
 
 if __name__ == "__main__":

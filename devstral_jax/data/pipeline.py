@@ -27,6 +27,7 @@ uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import logging
 import os
@@ -39,6 +40,7 @@ import xxhash
 from array_record.python.array_record_module import ArrayRecordReader
 from etils import epath
 
+from devstral_jax.data import mixture
 from devstral_jax.data.records import Record, RecordError
 from devstral_jax.data.tokenize import training_windows
 from devstral_jax.errors import DataError
@@ -64,6 +66,8 @@ class DataSpec:
     shuffle: bool = True
     packing_bins: int = 16
     worker_count: int = 0  # >0: multiprocess prefetch (Grain mp_prefetch)
+    # Non-empty: train on these sources mixed by weight (mixture.py); validation reads their union, unmixed.
+    mixture: tuple[mixture.MixtureSource, ...] = ()
 
 
 # --- which files -----------------------------------------------------------------------------------------------
@@ -237,33 +241,73 @@ class _ToWindows(grain_exp.FlatMapTransform):
 
 
 def _to_step_batch(rows: dict[str, np.ndarray], microbatches: int) -> dict[str, np.ndarray]:
-    """Grain's packed features -> the train step's batch, shaped [microbatches, rows, seq]."""
+    """Grain's packed features -> the train step's batch, shaped [microbatches, rows, seq] (plus a mixture's
+    running token tally, as of the batch's last row)."""
     batch = {name: rows[name] for name in FEATURES}
     batch["segment_ids"] = rows["inputs_segment_ids"]
     batch["positions"] = rows["inputs_positions"]
-    return {k: v.reshape(microbatches, -1, *v.shape[1:]).astype(np.int32) for k, v in batch.items()}
+    batch = {k: v.reshape(microbatches, -1, *v.shape[1:]).astype(np.int32) for k, v in batch.items()}
+    if mixture.TALLY in rows:
+        batch[mixture.TALLY] = rows[mixture.TALLY][-1]
+    return batch
+
+
+def _packed_rows(records: grain.MapDataset, spec: DataSpec, tokenizer: Tokenizer, seed: int, process_index: int,
+                 process_count: int) -> grain.IterDataset:
+    """`records` (repeated, shuffled, this process's slice) -> token windows -> first-fit packed rows."""
+    ds = records
+    if spec.num_epochs > 1:
+        ds = ds.repeat(spec.num_epochs)
+    if spec.shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds[process_index::process_count]
+    lengths = {name: spec.seq_len for name in FEATURES}
+    return grain_exp.FirstFitPackIterDataset(
+        grain_exp.FlatMapIterDataset(ds.to_iter_dataset(), _ToWindows(tokenizer, spec.seq_len)),
+        length_struct=lengths, num_packing_bins=spec.packing_bins, seed=seed, shuffle_bins=spec.shuffle)
+
+
+class _Indexed:
+    """Record `i` of a selection: the selection holds indices into the record source, never the records."""
+
+    def __init__(self, records: grain.MapDataset):
+        self.records = records
+
+    def __call__(self, index: int) -> Record:
+        return self.records[index]
+
+
+def _selected(records: grain.MapDataset, indices: list[int]) -> grain.MapDataset:
+    """The records at `indices`, read from the source when asked for (memory: one int per selected record)."""
+    return grain.MapDataset.source(indices).map(_Indexed(records))
 
 
 def make_dataset(spec: DataSpec, tokenizer: Tokenizer, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
     """The batches of `spec` for this process: dicts of int32 `[microbatches, rows, seq_len]` arrays
-    (`inputs`, `targets`, `loss_mask`, `segment_ids`, `positions`)."""
+    (`inputs`, `targets`, `loss_mask`, `segment_ids`, `positions`), and for a training mixture the running
+    `tokens_by_source` tally."""
     if spec.batch_size % (spec.microbatches * process_count):
         raise DataError(f"batch_size {spec.batch_size} must divide into {spec.microbatches} microbatches on "
                         f"{process_count} process(es).")
-    ds = record_source(spec.paths, spec.split)
-    if spec.num_epochs > 1:
-        ds = ds.repeat(spec.num_epochs)
-    if spec.shuffle:
-        ds = ds.shuffle(seed=spec.seed)
-    ds = ds[process_index::process_count]
-    lengths = {name: spec.seq_len for name in FEATURES}
-    packed = grain_exp.FirstFitPackIterDataset(
-        grain_exp.FlatMapIterDataset(ds.to_iter_dataset(), _ToWindows(tokenizer, spec.seq_len)),
-        length_struct=lengths, num_packing_bins=spec.packing_bins, seed=spec.seed, shuffle_bins=spec.shuffle)
-    rows_per_process = spec.batch_size // process_count
-    batches = packed.batch(rows_per_process, drop_remainder=True).map(
-        lambda rows: _to_step_batch(rows, spec.microbatches))
+    records = record_source(spec.paths, spec.split)
+    if not spec.mixture:
+        rows = _packed_rows(records, spec, tokenizer, spec.seed, process_index, process_count)
+    elif spec.split != "train":
+        admitted = _selected(records, mixture.admitted_indices(records, spec.mixture))
+        if not len(admitted):
+            raise DataError(f"None of the {spec.split} records is admitted by the mixture's sources "
+                            f"{[s.name for s in spec.mixture]}: add {spec.split} records of those kinds.")
+        rows = _packed_rows(admitted, spec, tokenizer, spec.seed, process_index, process_count)
+    else:
+        selected = mixture.source_indices(records, spec.mixture)
+        rows = mixture.mix_rows({
+            source.name: _packed_rows(_selected(records, selected[source.name]), spec, tokenizer, spec.seed + index,
+                                      process_index, process_count).map(
+                                          functools.partial(mixture.with_source, index=index))
+            for index, source in enumerate(spec.mixture)}, spec.mixture)
+    batches = rows.batch(spec.batch_size // process_count, drop_remainder=True).map(
+        functools.partial(_to_step_batch, microbatches=spec.microbatches))
     if spec.worker_count:
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=spec.worker_count))
     return batches

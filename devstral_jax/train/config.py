@@ -13,7 +13,7 @@ import ml_collections
 
 from devstral_jax.config import preset, to_config_dict
 from devstral_jax.errors import ConfigError
-from devstral_jax.train import optim
+from devstral_jax.train import ewc, optim
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -29,8 +29,11 @@ def default_config() -> ml_collections.ConfigDict:
         validation_paths=("devstral_jax/data/sample/sample.jsonl",),
         tokenizer="",  # a tekken.json, tokenizer.json, GGUF or model dir; empty: the base's own, else the family's
         seq_len=512, batch_size=8, microbatches=1, packing_bins=16, worker_count=0, shuffle=True,
+        # Sources mixed by weight, each a filter over the records (devstral_jax/data/mixture.py); empty: all records.
+        mixture=(),
     ))
     config.optim = optim.default_config()
+    config.ewc = ewc.default_config()  # Elastic Weight Consolidation in later stages (devstral_jax/train/ewc.py)
     config.train = ml_collections.ConfigDict(dict(
         steps=100,  # the run's length (the learning-rate schedule's horizon)
         stop_at=0,  # >0: checkpoint and stop at this step (resume later with the same config); 0: run to `steps`
@@ -43,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
         allow_changes="",  # resume despite these fingerprinted settings changing, e.g. "train.steps,data.seq_len"
         peak_tflops=0.0,  # the device's bf16 peak for MFU; 0: known devices only
         init_adapters_from="",  # a previous stage's workdir: start from its final adapters
+        keep_optimizer=False,  # with init_adapters_from: also continue its optimizer state (else a fresh optimizer)
     ))
     # What launch/generate.py samples (from a trained workdir, or the random base).
     config.generate = ml_collections.ConfigDict(dict(prompt="defmodule Greeter do\n  def hello(name) do\n",

@@ -5,12 +5,13 @@ Fingerprinted (a change makes the resumed run differ from an uninterrupted one):
 `config.model` field except how the same math is scheduled (`scan_layers`, `remat_policy`,
 `attention_impl`); every `config.optim` field; `train.steps` (the learning-rate schedule's horizon: to
 extend a run, allow it); the data's `seq_len`, `batch_size`, `microbatches`, `packing_bins`, `shuffle`, the
-shard paths of both splits and a digest of the shard files; the tokenizer's digest (`Tokenizer.digest`). The
-frozen base is checked separately, by its own fingerprint (checkpoint.base_fingerprint).
+mixture (when set), the shard paths of both splits and a digest of the shard files; the `config.ewc` settings
+(when EWC is on) but where its anchor comes from; the tokenizer's digest (`Tokenizer.digest`). The frozen base
+is checked separately, by its own fingerprint (checkpoint.base_fingerprint).
 
 Never fingerprinted, free to change between runs: `train.stop_at`, `log_every`, `eval_every`,
-`eval_batches`, `checkpoint_every`, `keep_checkpoints`, `async_checkpoint`, `max_bad_steps`,
-`dead_steps`, `peak_tflops`, `init_adapters_from` (read only by a fresh start), `data.worker_count`,
+`eval_batches`, `checkpoint_every`, `keep_checkpoints`, `async_checkpoint`, `max_bad_steps`, `dead_steps`,
+`peak_tflops`, `init_adapters_from` and `keep_optimizer` (read only by a fresh start), `data.worker_count`,
 `config.mesh` (resuming on another machine shape is allowed) and `config.generate`.
 
 `--config.train.allow_changes=data.seq_len,train.steps` accepts the named differences.
@@ -26,6 +27,7 @@ import ml_collections
 import xxhash
 from etils import epath
 
+from devstral_jax.data import mixture
 from devstral_jax.data.pipeline import shard_files
 from devstral_jax.errors import ConfigError
 
@@ -43,6 +45,10 @@ def run_fingerprint(config: ml_collections.ConfigDict, tokenizer_digest: str) ->
     fields.update({f"data.{k}": config.data[k] for k in _DATA_FIELDS})
     for split in ("train", "validation"):
         fields[f"data.{split}_shards"] = _shards_digest(tuple(config.data[f"{split}_paths"]), split)
+    if config.ewc.strength > 0:  # absent when off, like the mixture; where the anchor comes from is not the math
+        fields.update({f"ewc.{k}": v for k, v in config.ewc.to_dict().items() if k != "anchor_from"})
+    if config.data.mixture:  # absent when unset, so checkpoints from before mixtures existed still resume
+        fields["data.mixture"] = mixture.fingerprint(mixture.parse_mixture(config.data.mixture))
     fields["data.tokenizer"] = tokenizer_digest
     return json.loads(json.dumps(fields))  # tuples as lists, as they come back from a checkpoint
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from devstral_jax import sharding
 from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
+from devstral_jax.data import mixture
 from devstral_jax.data.pipeline import DataSpec, make_dataset
 from devstral_jax.errors import CheckpointError, TrainingError
 from devstral_jax.hf.load import load as load_base
@@ -42,6 +43,7 @@ from devstral_jax.model import Transformer
 from devstral_jax.tokenizers import Tokenizer, check_vocab, load_tokenizer, model_tokenizer
 from devstral_jax.storage import absolute
 from devstral_jax.train import config as train_config
+from devstral_jax.train import ewc
 from devstral_jax.train.fingerprint import allowed_changes, differences, run_fingerprint
 from devstral_jax.train.metrics_log import MetricsLog
 from devstral_jax.train.optim import make_optimizer
@@ -56,6 +58,7 @@ class TrainResult:
     losses: dict[int, float]  # step -> training loss, for the steps this call ran
     eval_losses: dict[int, float]
     stopped_by_signal: bool = False
+    summary: str = ""  # multi-stage runs: the forgetting table
 
 
 def build_model(config: ml_collections.ConfigDict, model_config: ModelConfig,
@@ -104,20 +107,22 @@ def train_step_and_state(config: ml_collections.ConfigDict, model_config: ModelC
     """The jitted train step of `config` (optimizer, schedule, loss chunking, dropout) and its initial state
     placed on `mesh`: what the loop, the tests and benchmarks/train_step.py run."""
     tx, schedule = make_optimizer(config.optim, lora, model_config.num_layers, config.train.steps)
-    state = init_state(lora, tx, config.seed)
+    anchor = ewc.anchor_for(config.ewc, lora)
+    state = init_state(lora, tx, config.seed, anchor)
+    strength = ewc.strength_schedule(config.ewc, config.train.steps) if anchor else None
     step_fn, state_shardings = jit_train_step(
-        make_train_step(graphdef, tx, schedule, config.train.loss_chunk, model_config.lora_dropout > 0),
+        make_train_step(graphdef, tx, schedule, config.train.loss_chunk, model_config.lora_dropout > 0, strength),
         state, frozen, mesh)
     return step_fn, jax.device_put(state, state_shardings)
 
 
-def _data_spec(config: ml_collections.ConfigDict, split: str) -> DataSpec:
+def data_spec(config: ml_collections.ConfigDict, split: str) -> DataSpec:
     d = config.data
     paths = d.train_paths if split == "train" else d.validation_paths
     return DataSpec(paths=tuple(paths), split=split, seq_len=d.seq_len, batch_size=d.batch_size,
                     microbatches=d.microbatches, seed=config.seed, shuffle=d.shuffle and split == "train",
                     num_epochs=1000 if split == "train" else 1, packing_bins=d.packing_bins,
-                    worker_count=d.worker_count if split == "train" else 0)
+                    worker_count=d.worker_count if split == "train" else 0, mixture=mixture.parse_mixture(d.mixture))
 
 
 class _SigtermFlag:
@@ -145,32 +150,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     stage in `workdir/<stage name>`."""
     train_config.validate(config)
     if config.stages:
-        return _train_stages(config, workdir)
-    return _train_single(config, workdir)
+        from devstral_jax.train.stages import train_stages  # stages.py builds on this module
+
+        return train_stages(config, workdir)
+    return train_run(config, workdir)
 
 
-def _train_stages(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-    """Each stage is a run of its own in `workdir/<name>`, starting from the previous stage's final adapters
-    with a fresh optimizer; rerunning the command skips finished stages and resumes the unfinished one."""
-    previous, result = config.train.init_adapters_from, None
-    for stage in config.stages:
-        stage_config = ml_collections.ConfigDict(config.to_dict())
-        stage_config.stages = ()
-        overrides = dict(stage)
-        name = overrides.pop("name")
-        for section, values in overrides.items():
-            if section not in stage_config:
-                raise TrainingError(f"Stage {name!r} overrides an unknown section {section!r}.")
-            stage_config[section].update(values)
-        train_config.validate(stage_config)
-        stage_config.train.init_adapters_from = previous
-        logging.info("Stage %s", name)
-        result = _train_single(stage_config, os.path.join(workdir, name))
-        previous = result.workdir
-    return result
-
-
-def _train_single(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+def train_run(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """One run: set up, resume (or start), loop, plot. The checkpoint to resume from is read before the writing
     Checkpointer opens: its start-up clean-up of unfinished saves runs in a thread that an immediate exit (a
     refused checkpoint) would cut short with a traceback."""
@@ -214,7 +200,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     fingerprint = run_fingerprint(config, tokenizer.digest())
     allowed_changes(config, fingerprint)  # a misspelt name fails now, not at the next resume
     graphdef, lora, frozen, base_source = build_model(config, model_config, mesh)
-    datasets = {split: make_dataset(_data_spec(config, split), tokenizer, jax.process_index(), jax.process_count())
+    datasets = {split: make_dataset(data_spec(config, split), tokenizer, jax.process_index(), jax.process_count())
                 for split in ("train", "validation")}
     step_fn, fresh = train_step_and_state(config, model_config, graphdef, lora, frozen, mesh)
     meta = dict(config=json.loads(config.to_json_best_effort()), fingerprint=fingerprint, base_source=base_source,
@@ -258,14 +244,16 @@ def _resume_or_start(run: _Run, fresh: TrainState) -> TrainState:
     if epath.Path(checkpoints).is_dir():
         with Checkpointer(checkpoints, read_only=True) as checkpointer:
             if checkpointer.all_steps():
-                state, data_state, _ = checkpointer.restore(_abstract(fresh), expected_fingerprint=fingerprint,
+                state, data_state, _ = checkpointer.restore(abstract(fresh), expected_fingerprint=fingerprint,
                                                             check_meta=functools.partial(_check_same_run, run))
                 run.train_batches.set_state(data_state)
                 logging.info("Resumed from step %d of %s", int(state.step), run.workdir)
                 return state
     if run.config.train.init_adapters_from:
-        lora = _adapters_from(run.config.train.init_adapters_from, _abstract(fresh.lora), fingerprint)
-        return dataclasses.replace(fresh, lora=lora)
+        names = ("lora", "opt_state") if run.config.train.keep_optimizer else ("lora",)
+        part = final_part(run.config.train.init_adapters_from, {n: abstract(getattr(fresh, n)) for n in names},
+                          fingerprint)
+        return dataclasses.replace(fresh, **part)
     return fresh
 
 
@@ -299,7 +287,8 @@ def _loop(run: _Run, state: TrainState, checkpointer: Checkpointer, log: Metrics
         monitor.progress = progress
         for step in range(start, stop_at):
             host_batch = next(run.train_batches)
-            state, metrics = run.step_fn(state, run.frozen, sharding.place_batch(host_batch, run.mesh))
+            model_batch = {k: v for k, v in host_batch.items() if k != mixture.TALLY}
+            state, metrics = run.step_fn(state, run.frozen, sharding.place_batch(model_batch, run.mesh))
             if pending is not None:
                 monitor.read(pending)
             done = step + 1
@@ -387,7 +376,10 @@ def _step_record(run: _Run, step: int, skipped_steps: int, metrics: dict[str, fl
     record = dict(step=step, loss=metrics["loss"], grad_norm=metrics["grad_norm"],
                   learning_rate=metrics["learning_rate"], skipped_steps=skipped_steps,
                   tokens_per_s=tokens_per_step / seconds, seconds_per_step=seconds,
-                  batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()))
+                  batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()),
+                  **mixture.tally_metrics(run.config.data.mixture, host_batch))
+    if "ewc_penalty" in metrics:
+        record["ewc_penalty"] = float(metrics["ewc_penalty"])
     if run.peak_flops:
         record["mfu"] = mfu(run.flops_per_token * tokens_per_step / seconds, run.peak_flops)
     if (memory := peak_device_memory_gb()) is not None:
@@ -407,18 +399,19 @@ def _validation_loss(run: _Run, lora: nnx.State) -> float:
     return total / count
 
 
-def _abstract(tree: Any) -> Any:
+def abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of placed arrays: what Orbax restores into."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _adapters_from(workdir: str, abstract_lora: nnx.State, fingerprint: str) -> nnx.State:
-    """The final LoRA parameters of a previous stage's run (its optimizer state is neither read nor carried over)."""
+def final_part(workdir: str, abstract_part: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """Parts of the final train state of a previous stage's run: its adapters (`lora`), and its optimizer state
+    (`opt_state`) when asked for (train.keep_optimizer; the optimizer must then be built the same way)."""
     if not is_workdir(workdir):
         raise TrainingError(f"init_adapters_from={workdir!r} is not a training workdir (it has no checkpoints/).")
     with Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as checkpointer:
-        part, _ = checkpointer.restore_part({"lora": abstract_lora}, expected_fingerprint=fingerprint)
-    return part["lora"]
+        part, _ = checkpointer.restore_part(abstract_part, expected_fingerprint=fingerprint)
+    return part
 
 
 def is_workdir(path: str) -> bool:
@@ -439,7 +432,7 @@ def restore_trained_model(workdir: str, checkpoint: str = "best") -> tuple[Trans
         model_config = from_config_dict(config.model)
         mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
         graphdef, lora, frozen, _ = build_model(config, model_config, mesh)
-        part, meta = checkpointer.restore_part({"lora": _abstract(lora)}, step,
+        part, meta = checkpointer.restore_part({"lora": abstract(lora)}, step,
                                                expected_fingerprint=base_fingerprint(frozen))
         eval_loss = checkpointer.eval_losses().get(step)
     meta = dict(meta, checkpoint=dict(workdir=workdir, step=step, asked=str(checkpoint), eval_loss=eval_loss,
