@@ -1,6 +1,6 @@
 """The data pipeline on real repositories: per-repository figures, three correctness checks, throughput.
 
-    python benchmarks/corpus.py --src=../shared/corpus [--workers=2] [--nodoctests]
+    python benchmarks/corpus.py --src=../shared/corpus [--workers=2] [--nodoctests] [--noverify]
                                 [--output=benchmarks/results/corpus.json]
 
 Every folder under --src is one local source, its licence detected from the tree. A planted repository is
@@ -48,6 +48,7 @@ _SRC = flags.DEFINE_string("src", "../shared/corpus", "A folder of Elixir reposi
 _WORKERS = flags.DEFINE_integer("workers", 2, "Elixir parser processes.")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/corpus.json", "Where the JSON results go.")
 _DOCTESTS = flags.DEFINE_bool("doctests", True, "Run the doctest check (--nodoctests: what the rest costs).")
+_VERIFY = flags.DEFINE_bool("verify", True, "Build and run the verified kinds (--noverify: what the rest costs).")
 
 
 def plant_solutions(root: Path) -> list[str]:
@@ -167,6 +168,7 @@ def main(argv):
         config.update(output_dir=str(Path(tmp) / "out"), workers=_WORKERS.value, progress=False)
         config.sources.local.paths = tuple(str(p) for p in repos) + (str(planted_root),)
         config.doctests.enabled = _DOCTESTS.value
+        config.verify.enabled = _VERIFY.value
         load_before, cpu, start = os.getloadavg()[0], _cpu_seconds(), time.perf_counter()
         manifest = run(config)
         seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu
@@ -181,7 +183,8 @@ def main(argv):
     files = manifest["files"]["kept"] + manifest["files"]["skipped"]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores{_priority()}", "src": str(src),
-        "workers": _WORKERS.value, "doctests": _DOCTESTS.value, "elixir": manifest["pipeline"]["elixir_version"],
+        "workers": _WORKERS.value, "doctests": _DOCTESTS.value, "verify": _VERIFY.value,
+        "elixir": manifest["pipeline"]["elixir_version"],
         "seconds": seconds, "files": files, "files_per_second": files / seconds, "cpu_seconds": cpu_seconds,
         "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "repositories": rows,
