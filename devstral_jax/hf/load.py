@@ -36,7 +36,7 @@ from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
 from devstral_jax.quant import formats
 from devstral_jax.quant.report import QuantRow, format_table, measure
-from devstral_jax.tokenizers import Tokenizer, model_tokenizer
+from devstral_jax.tokenizers import Tokenizer, family_tokenizer, own_tokenizer
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ class Loaded:
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         """The checkpoint's own tokenizer, else its family's default (read on first use: it takes a few seconds)."""
-        return model_tokenizer(self.path, self.config, self.path)
+        return own_tokenizer(self.path) or family_tokenizer(self.config.family)
 
 
 def load(path: str | os.PathLike, *, format: str = "auto", mesh: Mesh | None = None, seed: int = 0,

@@ -3,7 +3,8 @@ Hugging Face `tokenizers` + the model's chat template for the others (hf.py); lo
 
 from devstral_jax.tokenizers.base import Tokenizer
 from devstral_jax.tokenizers.hf import HFTokenizer
-from devstral_jax.tokenizers.load import check_vocab, load_tokenizer, model_tokenizer
+from devstral_jax.tokenizers.load import check_vocab, family_tokenizer, load_tokenizer, model_tokenizer, own_tokenizer
 from devstral_jax.tokenizers.tekken import TekkenTokenizer
 
-__all__ = ["HFTokenizer", "TekkenTokenizer", "Tokenizer", "check_vocab", "load_tokenizer", "model_tokenizer"]
+__all__ = ["HFTokenizer", "TekkenTokenizer", "Tokenizer", "check_vocab", "family_tokenizer", "load_tokenizer",
+           "model_tokenizer", "own_tokenizer"]

