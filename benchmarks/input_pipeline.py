@@ -72,11 +72,11 @@ def build_corpus(directory: str, copies: int, records_per_shard: int) -> int:
 def measure(corpus: str, workers: int, batches: int) -> dict:
     """Reads `batches` batches of `corpus` in this process (and `workers` Grain worker processes)."""
     from devstral_jax.data.pipeline import DataSpec, make_dataset
-    from devstral_jax.data.tokenize import RecordTokenizer
+    from devstral_jax.tokenizers import TekkenTokenizer
 
     spec = DataSpec(paths=(corpus,), split="train", seq_len=_SEQ_LEN.value, batch_size=_BATCH_SIZE.value,
                     seed=0, worker_count=workers)
-    iterator = iter(make_dataset(spec, RecordTokenizer()))
+    iterator = iter(make_dataset(spec, TekkenTokenizer()))
     start = time.perf_counter()
     first = next(iterator)
     first_seconds = time.perf_counter() - start

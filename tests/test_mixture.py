@@ -8,7 +8,7 @@ import pytest
 
 from devstral_jax.data.mixture import TALLY, parse_mixture
 from devstral_jax.data.pipeline import DataSpec, make_dataset, read_records
-from devstral_jax.data.tokenize import RecordTokenizer
+from devstral_jax.tokenizers import TekkenTokenizer, Tokenizer
 from devstral_jax.errors import ConfigError
 from devstral_jax.train.metrics_log import read_metrics
 
@@ -18,8 +18,8 @@ THREE_TO_ONE = ({"name": "docs", "weight": 3, "kind": "text"}, {"name": "chat", 
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> RecordTokenizer:
-    return RecordTokenizer()
+def tokenizer() -> Tokenizer:
+    return TekkenTokenizer()
 
 
 def _spec(**overrides) -> DataSpec:

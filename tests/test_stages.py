@@ -1,7 +1,6 @@
 """configs/stages.py end to end: CPT -> instructions -> prose as mixtures over the shipped sample, EWC in the later
 stages, and the forgetting table printed."""
 
-import os
 import subprocess
 import sys
 

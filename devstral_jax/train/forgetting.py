@@ -22,8 +22,8 @@ from flax import nnx  # noqa: E402
 
 from devstral_jax import sharding  # noqa: E402
 from devstral_jax.data.pipeline import DataSpec, make_dataset  # noqa: E402
-from devstral_jax.data.tokenize import RecordTokenizer  # noqa: E402
 from devstral_jax.errors import TrainingError  # noqa: E402
+from devstral_jax.tokenizers import Tokenizer  # noqa: E402
 
 GENERAL_CODE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "general_code",
                             "python_stdlib.jsonl")
@@ -37,7 +37,7 @@ def general_code_spec(seq_len: int, batch_size: int) -> DataSpec:
 
 
 def perplexities(eval_step: EvalStep, lora: nnx.State, frozen: nnx.State, probes: dict[str, DataSpec],
-                 tokenizer: RecordTokenizer, batches: int, mesh: jax.sharding.Mesh) -> dict[str, float]:
+                 tokenizer: Tokenizer, batches: int, mesh: jax.sharding.Mesh) -> dict[str, float]:
     """{probe: perplexity} of the model (lora, frozen) over each probe's first `batches` batches; `eval_step` is
     the jitted `step.make_eval_step` of its graph, shared by every model of a run (compiled once)."""
     result = {}

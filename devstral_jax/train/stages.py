@@ -23,9 +23,7 @@ from devstral_jax.checkpoint import base_fingerprint
 from devstral_jax.config import from_config_dict
 from devstral_jax.data.mixture import TALLY
 from devstral_jax.data.pipeline import DataSpec, make_dataset
-from devstral_jax.data.tokenize import RecordTokenizer
 from devstral_jax.errors import TrainingError
-from devstral_jax.tokenizer import tekken_file
 from devstral_jax.train import config as train_config
 from devstral_jax.train import ewc, fisher, forgetting, trainer
 from devstral_jax.train.step import make_eval_step
@@ -78,7 +76,7 @@ class _StageModels:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-        self.tokenizer = RecordTokenizer(tekken_file(config.data.tokenizer or None))
+        self.tokenizer = trainer.run_tokenizer(config, from_config_dict(config.model))
         self.eval_step = None
 
     def load(self, stage_workdir: str | None) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:

@@ -98,11 +98,11 @@ def test_compares_two_evaluations_and_names_the_fixed_problems(tmp_path):
 def test_runs_on_another_ground_are_refused_in_one_line(tmp_path):
     passes = np.ones((4, 2), dtype=bool)
     base = write_run(tmp_path / "base", passes)
-    for name, ground, message in [("problems", {"digest": "other"}, "evaluated different problems"),
+    for name, changed, message in [("problems", {"digest": "other"}, "evaluated different problems"),
                                   ("elixir", {"elixir": "1.17.2"}, "--allow=elixir"),
                                   ("timeout", {"timeout": 10.0}, "time limit 5 s vs 10 s"),
                                   ("sampling", {"sampling": None}, "--allow=sampling")]:
-        other = write_run(tmp_path / name, passes, **ground)
+        other = write_run(tmp_path / name, passes, **changed)
         result = _compare(f"--baseline={base}", f"--candidate={other}", f"--output_dir={tmp_path / 'out'}")
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, name
     allowed = _compare(f"--baseline={base}", f"--candidate={tmp_path / 'elixir'}", "--allow=elixir",
