@@ -12,10 +12,19 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# llama-cpp-python (the `serve` extra) compiles llama.cpp: a portable CPU build (no -march=native) without the
+# multimodal library, ~4 minutes on 2 cores, then pip's cache keeps the wheel.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+# transformers 4.x beside the venv's 5.x, for the test that merged exports load in both (tests/test_hf_export.py).
+TRANSFORMERS4 := $(VENV)/transformers4
+
 # torch==2.13.0 first: it is the CPU build; transformers/peft/bitsandbytes then find it satisfied.
 $(VENV)/.installed-test: setup.py | $(VENV)/bin/activate
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e '.[test,serve]'
+	rm -rf $(TRANSFORMERS4)
+	$(PY) -m pip install -q --no-deps --target $(TRANSFORMERS4) transformers==4.57.6 tokenizers==0.22.2 \
+	    huggingface-hub==0.36.2
 	touch $@
 
 $(VENV)/.installed: setup.py | $(VENV)/bin/activate
