@@ -31,7 +31,14 @@ NEW_TOKENS = 16
 # each dot product, coarse on this 64-wide model).
 ARITHMETIC = {"f16": 2e-3, "q8_0": 6e-2}
 # The same against our model on the original float32 weights: the quantization's own error, on random weights.
-QUALITY = {"f16": 4e-3, "q8_0": 1e-1, "q6_k": 6e-2, "q5_k_m": 1e-1, "q4_k_m": 2e-1}
+QUALITY = {"f16": 4e-3, "q8_0": 1e-1}
+# The K-quants, on the wider model. ARITHMETIC as above (activations quantized to Q8_K in each dot product;
+# measured 3.8e-3 for F16, 0.07-0.11 for the K-quants). Against the original weights, the random model (weights
+# of std 0.15, so attention is nearly one-hot) turns the quantization's noise into large changes in a few logits:
+# the root-mean-square relative error is bounded instead (measured 2.8e-3, 0.17, 0.32, 0.49), and falls with
+# every bit per weight.
+K_ARITHMETIC = {"f16": 6e-3, "q6_k": 0.15, "q5_k_m": 0.15, "q4_k_m": 0.15}
+K_QUALITY_RMS = {"f16": 5e-3, "q6_k": 0.25, "q5_k_m": 0.45, "q4_k_m": 0.65}
 
 
 def _export(config, seed, directory, outtypes):
@@ -181,22 +188,38 @@ def test_llama_cpp_runs_the_gguf_with_our_logits_and_greedy_tokens(exported):
         _assert_greedy_is_ours(held, prompt, greedy, ARITHMETIC[outtype])
 
 
+def _rms_relative_error(values: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((values - reference) ** 2) / np.mean(reference ** 2)))
+
+
 def test_llama_cpp_quantizes_k_quants_that_stay_close_to_our_model(k_quants):
+    """llama.cpp runs each K-quant as our model runs the weights the file holds (llama.cpp's quantizer wrote what
+    gguf's reader dequantizes), with its greedy tokens; the error from the original weights falls with each bit."""
     ours, paths = k_quants
     prompt = load_tekken().encode(PROMPT, bos=True, eos=False)
     original = np.asarray(ours(np.array([prompt]))[0][0])
     sizes = {kind: path.stat().st_size for kind, path in paths.items()}
-    assert sizes["q4_k_m"] < sizes["q5_k_m"] < sizes["q6_k"] < sizes["f16"] / 2.5
-    file_types = {"f16": LlamaFileType.MOSTLY_F16, "q4_k_m": LlamaFileType.MOSTLY_Q4_K_M,
-                  "q5_k_m": LlamaFileType.MOSTLY_Q5_K_M, "q6_k": LlamaFileType.MOSTLY_Q6_K}
+    assert sizes["q4_k_m"] < sizes["q5_k_m"] < sizes["q6_k"] < sizes["f16"] / 2
+    file_types = {"f16": LlamaFileType.MOSTLY_F16, "q6_k": LlamaFileType.MOSTLY_Q6_K,
+                  "q5_k_m": LlamaFileType.MOSTLY_Q5_K_M, "q4_k_m": LlamaFileType.MOSTLY_Q4_K_M}
+    errors = []
     for kind, file_type in file_types.items():
         llm = llama_cpp.Llama(str(paths[kind]), vocab_only=True, verbose=False)
         metadata = llm.metadata
         llm.close()
         assert int(metadata["general.file_type"]) == file_type, kind
         assert metadata["tokenizer.chat_template"] == jinja_template(PACKAGED_TEKKEN), kind  # copied by the quantizer
-        logits, _ = _llama_cpp_run(paths[kind], prompt)
-        assert max_relative_error(logits, original) < QUALITY[kind], kind
+        reader = GGUFReader(paths[kind])
+        if kind != "f16":
+            types = {t.tensor_type for t in reader.tensors if not t.name.endswith("norm.weight")}
+            assert types <= {GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K}, kind
+        logits, greedy = _llama_cpp_run(paths[kind], prompt)
+        held = _model(WIDE, _weights(reader, WIDE))
+        assert max_relative_error(logits, np.asarray(held(np.array([prompt]))[0][0])) < K_ARITHMETIC[kind], kind
+        _assert_greedy_is_ours(held, prompt, greedy, K_ARITHMETIC[kind])
+        errors.append(_rms_relative_error(logits, original))
+        assert errors[-1] < K_QUALITY_RMS[kind], kind
+    assert errors == sorted(errors), errors
 
 
 def test_llama_cpp_tokenizes_like_tekken(exported):

@@ -18,14 +18,14 @@ import os
 
 from mistral_common.integrations.chat_templates.chat_templates import convert_tokenizer_to_chat_template
 from mistral_common.tokens.tokenizers.base import TokenizerVersion
-from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
 from devstral_jax.errors import ExportError
+from devstral_jax.tokenizer import tekken_config
 
 
 def tekken_version(tekken_file: str | os.PathLike) -> TokenizerVersion:
     """The instruct-format version a `tekken.json` declares (v3, v7, v11, v13...)."""
-    return Tekkenizer.from_file(str(tekken_file)).version
+    return TokenizerVersion(tekken_config(tekken_file)["version"])
 
 
 def jinja_template(tekken_file: str | os.PathLike) -> str:

@@ -36,7 +36,7 @@ from devstral_jax.hf import consolidated, llama_cpp
 from devstral_jax.hf.chat_template import jinja_template
 from devstral_jax.hf.export import ExportError
 from devstral_jax.hf.param_map import hf_shapes, param_names
-from devstral_jax.tokenizer import load_tekken
+from devstral_jax.tokenizer import tekken_config
 
 # Written here: our name -> (tensor type of the matrices, llama.cpp's file type).
 OUTTYPES = {
@@ -157,7 +157,7 @@ def _add_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str, file_
 
 def check_tokenizer(tekken_file: str, vocab_size: int) -> None:
     """llama.cpp needs one token per row of the embedding; raises ExportError otherwise."""
-    tokens = load_tekken(tekken_file).n_words
+    tokens = tekken_config(tekken_file)["default_vocab_size"]
     if tokens != vocab_size:
         raise ExportError(f"{tekken_file} has {tokens} tokens but the model's vocabulary is {vocab_size}; "
                           "llama.cpp needs them equal.")

@@ -14,7 +14,7 @@ import logging
 import os
 from types import ModuleType
 
-from devstral_jax.errors import ExportError
+from devstral_jax.errors import ConfigError
 
 # Our name -> llama.cpp's file type (`llama_ftype`). llama.cpp picks each tensor's type within the mix: Q4_K_M
 # and Q5_K_M keep the output matrix and attn_v / ffn_down in a third of the layers at a higher K type.
@@ -26,11 +26,11 @@ INSTALL = "pip install -e '.[serve]' (it compiles llama.cpp; the README's Servin
 
 
 def require() -> ModuleType:
-    """The `llama_cpp` module, or an error that says how to install it."""
+    """The `llama_cpp` module, or an error (this machine lacks it) that says how to install it."""
     try:
         import llama_cpp
     except ImportError:
-        raise ExportError(f"This needs llama.cpp through llama-cpp-python, which is not installed: {INSTALL}.") \
+        raise ConfigError(f"This needs llama.cpp through llama-cpp-python, which is not installed: {INSTALL}.") \
             from None
     return llama_cpp
 
@@ -70,7 +70,9 @@ def chat_template(gguf_path: str | os.PathLike) -> str | None:
 
 class ConcurrencyLimit:
     """ASGI middleware: at most `limit` HTTP requests in flight; one more is answered 429 at once instead of
-    queueing behind the generations before it (llama.cpp here runs one at a time)."""
+    queueing behind the generations before it (llama.cpp here runs one at a time). A request stops counting
+    as its response's last byte goes out (a streaming app may return later), so a client that has read a
+    whole response can send the next one."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit, self.active = app, limit, 0
@@ -87,10 +89,20 @@ class ConcurrencyLimit:
             await send({"type": "http.response.body", "body": body})
             return
         self.active += 1
+        counted = True
+
+        async def send_and_release(message) -> None:
+            nonlocal counted
+            if counted and message["type"] == "http.response.body" and not message.get("more_body", False):
+                counted = False
+                self.active -= 1
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_release)
         finally:
-            self.active -= 1
+            if counted:
+                self.active -= 1
 
 
 def server_app(gguf_path: str | os.PathLike, *, api_key: str | None, max_concurrent: int, n_ctx: int,
