@@ -24,6 +24,12 @@ RUNTIME = [
     "sacrebleu>=2.4",
     "gguf>=0.17",
     "detect-secrets>=1.5",
+    # Guides, notebooks and books (data_pipeline/markdown.py, pdf.py, epub.py). PyMuPDF 2 also pulls a layout
+    # model and onnxruntime, which reading text and fonts does not need.
+    "markdown-it-py>=3.0",
+    "pymupdf>=1.24,<2",
+    "lxml>=5.0",
+    "xxhash>=3.0",  # checkpoint integrity manifests: a hash faster than the disk
 ]
 
 EXTRAS = {

@@ -1,13 +1,18 @@
 """The data pipeline on real repositories: per-repository figures, three correctness checks, throughput.
 
-    python benchmarks/corpus.py --src=../shared/corpus [--workers=2] [--output=benchmarks/results/corpus.json]
+    python benchmarks/corpus.py --src=../shared/corpus [--workers=2] [--nodoctests] [--noverify]
+                                [--output=benchmarks/results/corpus.json]
 
 Every folder under --src is one local source, its licence detected from the tree. A planted repository is
 added: HumanEval-Elixir solutions (each a problem's prompt + a correct hand-written completion, from
 tests/eval/data), as someone's "exercises" repo would hold them. One pipeline run builds the corpus, from
 scratch, in a temporary folder; the figures come from its manifest.json and output. Prints per repository:
-licence found, files, parsed, skipped by reason, records by kind and task, secrets redacted, doctests
-kept/run/passed (where the manifest has them), then the totals, files/s end to end, and the checks:
+licence found, files, parsed, skipped by reason, records by kind and task (guides and notebooks among them),
+secrets redacted, doctests kept/run/passed (where the manifest has them), then the totals (with the prose
+documents, their code blocks and what could not become a record, by reason), the kinds verified by running them
+(per kind: generated, run, passed, kept, dropped by reason; the share of generated items that passed), files/s end
+to end (with the CPU seconds it took, its own and its subprocesses', and the load average before and after: on a
+shared machine, run it a few times), and the checks:
   - training reads each record once: the records Grain reads from the output folder, given as
     `--config.data.train_paths='("<output_dir>",)'` (the README's form), against the manifest's count;
   - decontamination drops only benchmark solutions: every drop is a planted file, every planted file is out;
@@ -18,6 +23,7 @@ import collections
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -41,6 +47,8 @@ PLANTED = "planted_humaneval"
 _SRC = flags.DEFINE_string("src", "../shared/corpus", "A folder of Elixir repositories, one per subfolder.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Elixir parser processes.")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/corpus.json", "Where the JSON results go.")
+_DOCTESTS = flags.DEFINE_bool("doctests", True, "Run the doctest check (--nodoctests: what the rest costs).")
+_VERIFY = flags.DEFINE_bool("verify", True, "Build and run the verified kinds (--noverify: what the rest costs).")
 
 
 def plant_solutions(root: Path) -> list[str]:
@@ -105,7 +113,8 @@ def per_repository(manifest: dict, output: Path) -> dict[str, dict]:
             "parsed": sum(u["files_kept"] for u in unit_rows), "skipped": dict(skipped[package]),
             "records": sum(kinds[package].values()), "records_by_kind": dict(sorted(kinds[package].items())),
             "records_by_task": dict(sorted(tasks[package].items())), "secrets": dict(sorted(secrets[package].items())),
-            "doctests_kept_run_passed": doctest_figures(manifest["doctests"]["packages"].get(package))}
+            "doctests_kept_run_passed": doctest_figures(manifest["doctests"]["packages"].get(package)),
+            "verified": manifest.get("verified", {}).get("packages", {}).get(package)}
     return rows
 
 
@@ -127,6 +136,21 @@ def _array_record_len(path: str) -> int:
     return len(grain.sources.ArrayRecordDataSource([path]))
 
 
+def _priority() -> str:
+    """How this process was prioritized, when it was: its nice value and (Linux) its autogroup's, which is what
+    sets its share of the cores against other sessions'."""
+    autogroup = Path("/proc/self/autogroup")
+    group = int(autogroup.read_text().split()[-1]) if autogroup.is_file() else 0
+    changed = [f"{name} {value}" for name, value in (("nice", os.nice(0)), ("autogroup nice", group)) if value]
+    return f", run at {' and '.join(changed)}" if changed else ""
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its subprocesses that have ended (the pipeline's Elixir VMs)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _counts(counter: dict) -> str:
     return ", ".join(f"{k} {n}" for k, n in counter.items()) or "-"
 
@@ -143,9 +167,11 @@ def main(argv):
         config = base_config()
         config.update(output_dir=str(Path(tmp) / "out"), workers=_WORKERS.value, progress=False)
         config.sources.local.paths = tuple(str(p) for p in repos) + (str(planted_root),)
-        start = time.perf_counter()
+        config.doctests.enabled = _DOCTESTS.value
+        config.verify.enabled = _VERIFY.value
+        load_before, cpu, start = os.getloadavg()[0], _cpu_seconds(), time.perf_counter()
         manifest = run(config)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu
         output = Path(config.output_dir)
         rows = per_repository(manifest, output)
         reads = training_reads(output, manifest)
@@ -156,9 +182,11 @@ def main(argv):
     expected = expected_licences(src)
     files = manifest["files"]["kept"] + manifest["files"]["skipped"]
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
-        "src": str(src), "workers": _WORKERS.value, "elixir": manifest["pipeline"]["elixir_version"],
-        "seconds": seconds, "files": files, "files_per_second": files / seconds,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores{_priority()}", "src": str(src),
+        "workers": _WORKERS.value, "doctests": _DOCTESTS.value, "verify": _VERIFY.value,
+        "elixir": manifest["pipeline"]["elixir_version"],
+        "seconds": seconds, "files": files, "files_per_second": files / seconds, "cpu_seconds": cpu_seconds,
+        "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "repositories": rows,
         "totals": {"files": files, "parsed": manifest["files"]["kept"],
                    "skipped": manifest["files"]["skipped_by_reason"],
@@ -166,7 +194,10 @@ def main(argv):
                    "records": {split: manifest["splits"][split]["records_by_kind"]
                                for split in ("train", "validation")},
                    "secrets": manifest["secrets"]["found"],
-                   "doctests": {key: manifest["doctests"][key] for key in ("kept", "run", "passed")}},
+                   "doctests": {key: manifest["doctests"][key] for key in ("kept", "run", "passed")},
+                   "prose": manifest["prose"],
+                   "verified": {key: value for key, value in manifest.get("verified", {}).items()
+                                if key != "packages"}},
         "training_reads": reads,
         "decontamination": {"dropped_records": len(drops),
                             "dropped_not_planted": sorted(dropped_files - planted_files),
@@ -196,6 +227,19 @@ def main(argv):
         sys.exit("corpus benchmark: a check failed (see above)")
 
 
+def verified_kinds(verified: dict) -> None:
+    """The kinds checked by running them (manifest `verified`): per kind what was generated, run, passed, kept
+    and dropped by reason, and the share of generated items that passed."""
+    if not verified.get("kinds"):
+        return
+    print(f"\nverified kinds: {verified['passed']} of {verified['generated']} generated items passed "
+          f"({verified['passed_share']:.1%})")
+    for kind, f in verified["kinds"].items():
+        print(f"  {kind}: generated {f['generated']}, run {f['run']}, passed {f['passed']}, kept {f['kept']}; "
+              f"dropped: {_counts(f['dropped_by_reason'])}; kept unverified: {_counts(f['unverified_by_reason'])}"
+              + (f"; files not mutated: {_counts(f['not_mutated_by_reason'])}" if f["not_mutated_by_reason"] else ""))
+
+
 def report(result: dict) -> None:
     header = ("repository", "licence (found in)", "files", "parsed", "skipped", "records", "secrets", "doctests k/r/p")
     lines = [header]
@@ -214,8 +258,14 @@ def report(result: dict) -> None:
           f"needing a newer Elixir than {result['elixir']}: {_counts(totals['needs_newer_elixir'])}; "
           f"records {totals['records']}; secrets {_counts(totals['secrets'])}; doctest tests kept/run/passed "
           f"{doctest_figures(totals['doctests'])}")
+    prose = totals["prose"]
+    print(f"prose: documents {_counts(prose['documents'])}, {prose['sections']} sections, code blocks "
+          f"{_counts(prose['code_blocks'])}; not made into records: {_counts(prose['dropped_by_reason'])}")
+    verified_kinds(totals["verified"])
     print(f"end to end: {result['files']} files in {result['seconds']:.1f} s = {result['files_per_second']:.1f} "
-          f"files/s ({result['workers']} workers; {result['machine']})")
+          f"files/s ({result['cpu_seconds']:.1f} CPU s; {result['workers']} workers; {result['machine']}; load "
+          f"average {result['load_average_before']:.1f} before, {result['load_average_after']:.1f} after; doctest "
+          f"check {'on' if result['doctests'] else 'off'})")
     for split, reads in result["training_reads"].items():
         print(f"training reads ({split}): {reads['files']}: {reads['entries']} entries, {reads['records']} records, "
               f"{reads['distinct_ids']} distinct, manifest {reads['manifest_records']}; read twice: "

@@ -24,7 +24,9 @@ _REPO = Path(__file__).resolve().parent.parent
 _CODE = ("data_pipeline", "devstral_jax/elixir", "devstral_jax/data/records.py")
 # Source settings that change what a fetched unit holds (the rest only change which units are listed).
 _FETCH_SETTINGS = {"hex": ("max_tarball_bytes", "max_uncompressed_bytes"),
-                   "github": ("max_tarball_bytes", "max_uncompressed_bytes"), "local": ("licence",)}
+                   "github": ("max_tarball_bytes", "max_uncompressed_bytes"), "local": ("licence",),
+                   "book": ("max_bytes",)}
+_SECTIONS = {"book": "books"}  # a unit kind whose settings live under another name
 
 
 def code_version() -> str:
@@ -44,7 +46,9 @@ def unit_settings(config: ml_collections.ConfigDict, kind: str, licences: Iterab
                **{f"filters.{k}": v for k, v in config.filters.to_dict().items()},
                **{f"instruct.{k}": v for k, v in config.instruct.to_dict().items()},
                **{f"archive.{k}": v for k, v in config.archive.to_dict().items()},
-               **{f"sources.{kind}.{k}": config.sources[kind][k] for k in _FETCH_SETTINGS.get(kind, ())},
+               **{f"prose.{k}": v for k, v in config.prose.to_dict().items()},
+               **{f"sources.{_SECTIONS.get(kind, kind)}.{k}": config.sources[_SECTIONS.get(kind, kind)][k]
+                  for k in _FETCH_SETTINGS.get(kind, ())},
                "declared licence": sorted(licences) if licences is not None else None,
                "pipeline version": code, "elixir version": elixir}
     return json.loads(json.dumps(shaping))  # tuples as lists, as they come back from a checkpoint
@@ -75,6 +79,11 @@ class UnitStore:
 
     def done(self, unit_id: str, unit_key: str) -> bool:
         return self._path(unit_id, unit_key).exists()
+
+    def failed(self, unit_id: str, unit_key: str) -> bool:
+        """Whether the unit's result under this key records a failure (retried only when asked)."""
+        path = self._path(unit_id, unit_key)
+        return path.exists() and json.loads(path.read_text()).get("status") == "failed"
 
     def stale(self, unit_id: str, unit_key: str) -> dict[str, Any] | None:
         """The settings of a result saved for this unit under another key, if there is one."""

@@ -19,6 +19,8 @@ MiB = 1 << 20
 PERMISSIVE_LICENCES = ("MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "ISC", "MPL-2.0", "0BSD", "Unlicense",
                        "CC0-1.0", "Zlib", "BSL-1.0")
 OWN_CODE_LICENCE = "LicenseRef-own-code"  # for sources.local.licence: code you own (detection finds no licence)
+# sources.books.licence by default: a book you own. Its records carry it, so they can be kept out of a shared dataset.
+USER_OWNED_LICENCE = "LicenseRef-user-owned"
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -28,11 +30,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.workers = 2  # Elixir parser processes
     c.units_in_flight = 4  # units fetched and processed at once
     c.progress = True
+    c.retry_failed = False  # redo the units a previous run recorded as failed (hostile or malformed input)
     c.extensions = (".ex", ".exs")
 
     c.http = ml_collections.ConfigDict(dict(
         user_agent="devstral_jax-data-pipeline/0.1 (Elixir corpus builder)", timeout_s=30.0, retries=6,
-        backoff_s=1.0, backoff_max_s=60.0, max_rate_limit_wait_s=3600.0, max_connections=8))
+        backoff_s=1.0, backoff_max_s=60.0, max_rate_limit_wait_s=3600.0, max_connections=8,
+        deadline_s=600.0, max_json_bytes=64 * MiB, max_redirects=5))  # one request's total time, answer size
 
     c.sources = ml_collections.ConfigDict()
     c.sources.hex = ml_collections.ConfigDict(dict(
@@ -47,9 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.sources.local = ml_collections.ConfigDict(dict(paths=(), licence="", batch_files=200))
     c.sources.otp_docs = ml_collections.ConfigDict(dict(
         enabled=False, apps=("elixir", "eex", "ex_unit", "iex", "logger", "mix")))
+    # Elixir's own guides (lib/elixir/pages): path "" means the installed Elixir's (Debian's ships none).
+    c.sources.elixir_guides = ml_collections.ConfigDict(dict(enabled=False, path=""))
+    # PDF and EPUB books you own (files or folders of them), read by data_pipeline/books.py.
+    c.sources.books = ml_collections.ConfigDict(dict(paths=(), licence=USER_OWNED_LICENCE, max_bytes=256 * MiB))
 
     c.archive = ml_collections.ConfigDict(dict(max_files=20_000, max_file_bytes=4 * MiB))
-    c.licences = ml_collections.ConfigDict(dict(allow=PERMISSIVE_LICENCES + (OWN_CODE_LICENCE,)))
+    c.licences = ml_collections.ConfigDict(dict(allow=PERMISSIVE_LICENCES + (OWN_CODE_LICENCE, USER_OWNED_LICENCE)))
     c.filters = ml_collections.ConfigDict(dict(
         min_chars=20, max_chars=1_000_000, max_line_length=1000, max_mean_line_length=100.0, min_alnum_ratio=0.25,
         excluded_dirs=("deps", "_build", "node_modules", "priv/static", "vendor", ".elixir_ls"),
@@ -60,12 +68,28 @@ def base_config() -> ml_collections.ConfigDict:
     # min_informative: tokens of a matching n-gram that must be words, not numbers or the benchmark's scaffold.
     c.decontam = ml_collections.ConfigDict(dict(benchmarks=(str(HUMANEVAL_EX),), ngram=13, min_chars=40,
                                                 min_informative=3))
+    # fim_spans middles per file, each with fim_context_lines of prefix and suffix (not the whole file again).
     c.instruct = ml_collections.ConfigDict(dict(
         fim_rate=0.5, max_value_questions=3, min_doc_chars=20, min_moduledoc_chars=80, max_context_chars=16_000,
-        max_explanation_chars=1500))
+        max_explanation_chars=1500, fim_spans=3, fim_context_lines=40, fim_across_rate=0.25))
+    # Guides, cheatsheets and notebooks that packages ship (data_pipeline/sources/prose.py says which), and the
+    # records made from them and from books (data_pipeline/prose.py).
+    c.prose = ml_collections.ConfigDict(dict(
+        enabled=True, folders=("guides", "pages", "docs"),
+        excluded_names=("README", "CHANGELOG", "CHANGES", "HISTORY", "NEWS", "RELEASE", "RELEASES", "RELEASE_NOTES",
+                        "CONTRIBUTING", "CODE_OF_CONDUCT", "LICENSE", "LICENCE", "COPYING", "NOTICE", "SECURITY",
+                        "AUTHORS", "MAINTAINERS"),
+        max_line_length=10_000, max_mean_line_length=1000.0, min_explain_chars=200, max_answer_chars=6000,
+        min_intro_words=5, min_listing_chars=20))
     # Doctest records: kept where the package runs them, verified by running them (data_pipeline/doctest_check.py).
     c.doctests = ml_collections.ConfigDict(dict(enabled=True, sandbox="required", timeout_s=300.0,
                                                 tests_per_program=200))
+    # Kinds checked by running their package (data_pipeline/verify.py): mutants per lib file for repair records
+    # (compile errors; test failures, on at most repair_test_files files of a package, each mutant run against
+    # at most repair_test_runs test files), test files as tests.
+    c.verify = ml_collections.ConfigDict(dict(
+        enabled=True, sandbox="required", timeout_s=300.0, test_timeout_ms=5000, repair_compile_per_file=2,
+        repair_test_per_file=2, repair_test_files=8, repair_test_runs=4))
     c.split = ml_collections.ConfigDict(dict(validation_fraction=0.05))
     c.shards = ml_collections.ConfigDict(dict(records_per_shard=10_000))
     return c
@@ -84,9 +108,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.workers >= 1, f"workers must be at least 1, got {config.workers}")
     check(config.units_in_flight >= 1, f"units_in_flight must be at least 1, got {config.units_in_flight}")
     check(bool(config.output_dir), "output_dir must be set")
-    check(s.hex.enabled or s.github.enabled or s.otp_docs.enabled or bool(s.local.paths) or bool(s.hex_cache.dirs),
+    check(s.hex.enabled or s.github.enabled or s.otp_docs.enabled or bool(s.local.paths) or bool(s.hex_cache.dirs)
+          or s.elixir_guides.enabled or bool(s.books.paths),
           "no source is enabled: set sources.otp_docs.enabled, sources.hex.enabled, sources.github.enabled, "
-          "sources.local.paths or sources.hex_cache.dirs")
+          "sources.local.paths, sources.hex_cache.dirs, sources.elixir_guides.enabled or sources.books.paths")
     check(all(isinstance(p, str) for p in s.local.paths), "sources.local.paths must be a tuple of strings")
     check(s.local.batch_files >= 1, "sources.local.batch_files must be at least 1")
     check(0.0 <= config.split.validation_fraction < 1.0, "split.validation_fraction must be in [0, 1)")
@@ -94,15 +119,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.doctests.sandbox in ("required", "best_effort", "off"),
           "doctests.sandbox must be one of required, best_effort, off")
     check(config.doctests.tests_per_program >= 1, "doctests.tests_per_program must be at least 1")
+    check(config.verify.sandbox in ("required", "best_effort", "off"),
+          "verify.sandbox must be one of required, best_effort, off")
+    check(config.instruct.fim_spans >= 1 and config.instruct.fim_context_lines >= 0,
+          "instruct.fim_spans must be at least 1 and instruct.fim_context_lines at least 0")
+    check(0.0 <= config.instruct.fim_across_rate <= 1.0, "instruct.fim_across_rate must be in [0, 1]")
     check(0.0 < config.dedup.threshold <= 1.0, "dedup.threshold must be in (0, 1]")
     check(config.dedup.ngram >= 1 and config.decontam.ngram >= 1, "dedup.ngram and decontam.ngram must be >= 1")
     check(0 <= config.decontam.min_informative <= config.decontam.ngram,
           "decontam.min_informative must be between 0 and decontam.ngram")
     check(config.shards.records_per_shard >= 1, "shards.records_per_shard must be at least 1")
     check(config.http.retries >= 0, "http.retries must be >= 0")
+    check(config.http.deadline_s > 0 and config.http.timeout_s > 0, "http.deadline_s and http.timeout_s must be > 0")
+    check(config.http.max_json_bytes >= 1 and config.http.max_redirects >= 0,
+          "http.max_json_bytes must be >= 1 and http.max_redirects >= 0")
     check(all(e.startswith(".") for e in config.extensions), "extensions must look like (\".ex\", \".exs\")")
     for path in s.local.paths:
         check(Path(path).expanduser().is_dir(), f"sources.local.paths: {path} is not a directory")
+    for path in s.books.paths:
+        check(Path(path).expanduser().exists(), f"sources.books.paths: {path} does not exist")
+    check(bool(s.books.licence), "sources.books.licence must be set (an SPDX id, or LicenseRef-user-owned)")
+    check(all(config.prose[k] >= 0 for k in ("min_explain_chars", "min_intro_words", "min_listing_chars")),
+          "prose.min_explain_chars, prose.min_intro_words and prose.min_listing_chars must be >= 0")
+    check(config.prose.max_answer_chars >= config.prose.min_explain_chars,
+          "prose.max_answer_chars must be at least prose.min_explain_chars")
     for path in config.decontam.benchmarks:
         check(Path(path).exists(), f"decontam.benchmarks: {path} does not exist "
                                    f"(use --config.decontam.benchmarks='()' to skip decontamination)")

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Iterable
 
 from data_pipeline import PipelineError
-from data_pipeline.dedup import CODE_TOKEN
+from data_pipeline.dedup import CODE_TOKEN, code_tokens
 from devstral_jax.eval.benchmarks import Problem, load_problems
 
 # Tokens every MultiPL-E Elixir problem has (its module, `candidate`, the ExUnit script) and Elixir keywords.
 SCAFFOLD = frozenset("humaneval humanevaltest candidate exunit start use case async test assert refute defmodule "
                      "def defp do end fn true false nil when and or not in if else".split())
 MAX_SPAN_CHARS = 300  # of a matched span in the manifest
+_PROMPT = re.compile(r"^[^\S\n]*(?:#+|iex>|\.\.\.>)[^\S\n]?", re.M)  # at a line start: comment marker or prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +53,7 @@ class Hit:
 
 def normalize(text: str) -> str:
     """Lower case, comment markers and `iex>` prompts removed, white space collapsed."""
-    lines = (re.sub(r"^\s*(#+|iex>|\.\.\.>)\s?", "", line) for line in text.lower().split("\n"))
-    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+    return " ".join(_PROMPT.sub("", text.lower()).split())
 
 
 def informative(token: str) -> bool:
@@ -111,12 +111,19 @@ class Decontaminator:
         self.problems = problems
         self.ngram = ngram
         self.min_chars = min_chars  # shorter docstrings/signatures would match innocent code
-        self._ngrams: dict[tuple[str, ...], Fingerprint] = {}
+        self._ngrams: dict[tuple[bytes, ...], Fingerprint] = {}  # tokens as bytes, as `code_tokens` gives them
         for problem in problems:
             for i in range(len(problem.tokens) - ngram + 1):
                 gram = problem.tokens[i:i + ngram]
                 if sum(map(informative, gram)) >= min_informative:
-                    self._ngrams.setdefault(gram, problem)
+                    self._ngrams.setdefault(tuple(token.encode() for token in gram), problem)
+        # What lets `find` skip most of the work and still find what a scan of every problem and every window
+        # finds: a word each searched text holds whole (its anchor, see `_anchor`), and the n-grams' tokens.
+        self._docstrings = _Anchors([p.docstring if len(p.docstring) >= min_chars else "" for p in problems])
+        self._signatures = _Anchors([p.signature if p.assertions else "" for p in problems])
+        self._assertions = _Anchors([p.assertions if p.signature else "" for p in problems])
+        self._vocabulary = frozenset(token for gram in self._ngrams for token in gram)
+        self._known_run = re.compile(f"1{{{ngram},}}")
 
     def find(self, texts: list[str]) -> Hit | None:
         """The first benchmark problem found in the record made of `texts`, or None."""
@@ -124,16 +131,44 @@ class Decontaminator:
             return None
         joined = "\n".join(texts)
         haystack = normalize(joined)
-        for problem in self.problems:
-            if len(problem.docstring) >= self.min_chars and problem.docstring in haystack:
+        words = set(haystack.split(" "))
+        docstrings = self._docstrings.found(haystack, words)
+        signatures = self._signatures.found(haystack, words) & self._assertions.found(haystack, words)
+        if (first := min(docstrings | signatures, default=None)) is not None:
+            problem = self.problems[first]
+            if first in docstrings:
                 return Hit(problem.benchmark, problem.name, "docstring", problem.docstring[:MAX_SPAN_CHARS])
-            if (problem.signature and problem.assertions and problem.signature in haystack
-                    and problem.assertions in haystack):
-                return Hit(problem.benchmark, problem.name, "signature+tests", problem.signature[:MAX_SPAN_CHARS])
-        tokens = [t.lower() for t in CODE_TOKEN.findall(joined)]
-        for i in range(len(tokens) - self.ngram + 1):
-            if problem := self._ngrams.get(tuple(tokens[i:i + self.ngram])):
-                matches = list(CODE_TOKEN.finditer(joined))  # where the tokens are, only for a hit
-                span = joined[matches[i].start():matches[i + self.ngram - 1].end()]
-                return Hit(problem.benchmark, problem.name, "ngram", span[:MAX_SPAN_CHARS])
+            return Hit(problem.benchmark, problem.name, "signature+tests", problem.signature[:MAX_SPAN_CHARS])
+        tokens = code_tokens(joined, lower=True)
+        # Only a window of tokens that all occur in some n-gram can match: look inside runs of those.
+        known = "".join(["1" if token in self._vocabulary else "0" for token in tokens])
+        for run in self._known_run.finditer(known):
+            for i in range(run.start(), run.end() - self.ngram + 1):
+                if problem := self._ngrams.get(tuple(tokens[i:i + self.ngram])):
+                    matches = list(CODE_TOKEN.finditer(joined))  # where the tokens are, only for a hit
+                    span = joined[matches[i].start():matches[i + self.ngram - 1].end()]
+                    return Hit(problem.benchmark, problem.name, "ngram", span[:MAX_SPAN_CHARS])
         return None
+
+
+class _Anchors:
+    """Normalized texts to look for (one per problem; "" for none) and, for each, its anchor: the longest word
+    inside it, with a space on each side, which a normalized haystack holding the text holds whole. Only the
+    texts whose anchor is among the haystack's words (or that have none) need a substring search."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self.by_anchor: dict[str, list[int]] = {}
+        self.unanchored: list[int] = []
+        for index, text in enumerate(texts):
+            inner = text.split(" ")[1:-1]
+            if inner:
+                self.by_anchor.setdefault(max(inner, key=len), []).append(index)
+            elif text:
+                self.unanchored.append(index)
+
+    def found(self, haystack: str, words: set[str]) -> set[int]:
+        """The indices of the texts that `haystack` holds."""
+        candidates = self.unanchored + [i for word in words & self.by_anchor.keys() for i in self.by_anchor[word]]
+        return {i for i in candidates if self.texts[i] in haystack}
+

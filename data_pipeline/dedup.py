@@ -15,6 +15,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 CODE_TOKEN = re.compile(r"[A-Za-z0-9_]+")
+_CODE_TOKEN_BYTES = re.compile(CODE_TOKEN.pattern.encode())
 
 
 def normalized(text: str) -> str:
@@ -26,8 +27,12 @@ def exact_key(text: str) -> str:
     return hashlib.sha256(normalized(text).encode()).hexdigest()
 
 
-def code_tokens(text: str) -> list[str]:
-    return CODE_TOKEN.findall(text)
+def code_tokens(text: str, lower: bool = False) -> list[bytes]:
+    """`CODE_TOKEN.findall(text)` (lower-cased if `lower`), encoded: the tokens are ASCII, so one pass over the
+    UTF-8 bytes finds the same ones (non-ASCII characters encode to bytes no token holds, and bytes.lower()
+    changes only ASCII letters), without a str per token."""
+    data = text.encode("utf-8", "surrogatepass")
+    return _CODE_TOKEN_BYTES.findall(data.lower() if lower else data)
 
 
 class NearDuplicates:
@@ -44,14 +49,15 @@ class NearDuplicates:
         self._signatures: dict[str, np.ndarray] = {}
 
     def signature(self, text: str) -> MinHash | None:
-        """The MinHash of the file's token 5-grams; None for files too short to have one."""
+        """The MinHash of the file's token 5-grams (a minimum per permutation: the order they are added in does
+        not matter); None for files too short to have one."""
         tokens = code_tokens(text)
         if len(tokens) < self.ngram:
             return None
-        shingles = {" ".join(tokens[i:i + self.ngram]).encode() for i in range(len(tokens) - self.ngram + 1)}
+        shingles = {b" ".join(tokens[i:i + self.ngram]) for i in range(len(tokens) - self.ngram + 1)}
         minhash = MinHash(num_perm=self.num_perm, seed=self.seed, permutations=self._permutations,
                           scheme=self._scheme)
-        minhash.update_batch(sorted(shingles))
+        minhash.update_batch(shingles)
         return minhash
 
     def duplicate_of(self, key: str, text: str) -> str | None:

@@ -15,11 +15,20 @@ A function's doctest records (its `doctest_tests` module and its `doctest_value`
 is declared and its tests did not fail, or, for a package that ships no tests at all (most Hex tarballs), when
 its tests ran and passed. Results are cached per package under output_dir/work/doctests/, keyed by everything
 that shapes them, so a rerun runs only what changed.
+
+A package's check starts as soon as its units are collected (`Check.listed`/`collected`), while the rest of
+the corpus is still being parsed. The pool's VMs (one per worker) start when the first doctest test is
+collected (in a first run; a rerun, whose checks are mostly cached, starts them when one is needed), so they
+boot beside the parsing, and each has a scheduler per core: a package compiles in parallel when it is the
+only one left to check. `Check.verdicts` then decides every package from the checkpoints: with
+the result of its early run where that ran on exactly the material the checkpoints hold (the same cache key),
+else from the cache, else by running it now.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -27,22 +36,24 @@ import itertools
 import json
 import logging
 import re
-import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from data_pipeline.instruct import FileRecords
+from data_pipeline.newer_syntax import installed_elixir
 from devstral_jax.atomic import atomic_write
 from devstral_jax.elixir.parse import DoctestDeclaration
 from devstral_jax.elixir.quote import string_literal
 from devstral_jax.errors import SandboxUnavailable
 from devstral_jax.eval.pool import ExecutionPool
+from devstral_jax.eval.sandbox import Limits
 from devstral_jax.eval.verdict import Program, Verdict
 
 log = logging.getLogger(__name__)
 
 PROGRAM = Path(__file__).with_name("doctest_check.exs")
-_VERSION = 1  # bump when what a check computes changes: cached results are then redone
+_VERSION = 2  # bump when what a check computes changes: cached results are then redone (2: VMs on every core)
 # `{:name, "~> 1.0", opts}` in a mix.exs (a requirement may also be a call, or a git/path source)
 _DEPENDENCY = re.compile(r"\{\s*:(\w+)\s*,\s*(\"[^\"]*\"|\w+\(\)|(?:git|github|path):)([^{}]*)\}")
 _NOT_AT_RUNTIME = re.compile(r"optional:\s*true|runtime:\s*false|only:\s*(:(dev|test|docs)\b|\[[^\]]*\])")
@@ -121,44 +132,129 @@ def _figures(counts: collections.Counter) -> dict[str, Any]:
             "values_dropped": counts["values_dropped"]}
 
 
-def check(config: CheckConfig, workers: int, output: Path, results: Iterable[dict[str, Any]]) -> Verdicts:
-    """Runs (or reads from the cache) the doctest check of every package in the units' `results`; returns the
-    records to drop. Packages are read one at a time and run a few at a time, so only those waiting to run are
-    held in memory."""
-    verdicts = Verdicts()
-    cache = output / "work" / "doctests"
-    cache.mkdir(parents=True, exist_ok=True)
-    pending: list[Package] = []
-    with _Runner(config, workers) as runner:
+class Check:
+    """The doctest check of one run (see the module docstring): started early, package by package, in background
+    threads that wait on the execution pool; `verdicts` gives the outcome. Use it as a context manager."""
+
+    def __init__(self, config: CheckConfig, workers: int, output: Path):
+        self.config = config
+        self.cache = output / "work" / "doctests"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self._runner = _Runner(config, workers)
+        self._background = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="doctest-check")
+        self._early: dict[str, concurrent.futures.Future] = {}  # cache key -> the package's early run
+        self._gathering: dict[tuple[str, str, str], _Gathering] = {}
+        self._last_listed: tuple[str, str, str] | None = None
+        # A first run (nothing cached) starts the VMs at its first doctest test; a rerun, when a check needs them.
+        self._boot_early = not any(self.cache.glob("*.json"))
+
+    # The collect loop's calls (all on its event-loop thread). A source lists a package's units one after another,
+    # so a package is complete once a unit of another package is listed, or the listing ends, and every unit of
+    # it was collected in this run (one saved by an earlier run leaves the package to `verdicts`).
+
+    def listed(self, package: tuple[str, str, str], saved: bool) -> None:
+        """A unit of `package` is listed; `saved`: its result is a checkpoint from an earlier run."""
+        if not self.config.enabled:
+            return
+        if package != self._last_listed:
+            self._listing_passed(self._last_listed)
+            self._last_listed = package
+        gathering = self._gathering.setdefault(package, _Gathering(Package(package)))
+        gathering.waiting += 1
+        gathering.saved |= saved
+
+    def collected(self, result: dict[str, Any]) -> None:
+        """A unit listed as not saved was processed in this run."""
+        gathering = self._gathering.get(_package_key(result))
+        if gathering is None:
+            return
+        for file in result["files"]:
+            if file["status"] == "kept":
+                _gather(gathering.package, file)
+        gathering.waiting -= 1
+        if gathering.package.tests and self._boot_early:
+            self._boot_early = False
+            self._background.submit(self._runner.started)  # they boot while the collection goes on
+        self._start_if_complete(gathering)
+
+    def listing_done(self) -> None:
+        self._listing_passed(self._last_listed)
+        self._last_listed = None
+
+    def _listing_passed(self, package: tuple[str, str, str] | None) -> None:
+        if (gathering := self._gathering.get(package)) is not None:
+            gathering.listed_all = True
+            self._start_if_complete(gathering)
+
+    def _start_if_complete(self, gathering: _Gathering) -> None:
+        if not gathering.listed_all or gathering.waiting:
+            return
+        package = self._gathering.pop(gathering.package.key).package
+        if gathering.saved or not package.subjects or _cached(self.cache, package) is not None:
+            return
+        if (key := _cache_key(package)) not in self._early:
+            self._early[key] = self._background.submit(lambda: self._run_and_cache([package])[0])
+
+    def verdicts(self, results: Iterable[dict[str, Any]]) -> Verdicts:
+        """Keeps or drops the doctest records of every package in the units' `results` (checkpoints, in unit-id
+        order). Packages are read one at a time and run a few at a time, so only those waiting to run are held in
+        memory."""
+        verdicts = Verdicts()
+        pending: list[Package] = []
         for package in _packages(results):
             if not package.subjects:
                 continue
-            if not config.enabled:
+            if not self.config.enabled:
                 verdicts.packages[package.key[1]]["kept"] += len(package.tests)
-            elif (result := _cached(cache, package)) is not None:
+            elif (early := self._early.get(_cache_key(package))) is not None:
+                _decide(package, early.result(), verdicts)
+            elif (result := _cached(self.cache, package)) is not None:
                 _decide(package, result, verdicts)
             else:
                 pending.append(package)
-            if len(pending) >= 4 * workers:
-                _run_pending(runner, pending, cache, verdicts)
-        _run_pending(runner, pending, cache, verdicts)
-    return verdicts
+            if len(pending) >= 4 * self._runner.workers:
+                self._run_pending(pending, verdicts)
+        self._run_pending(pending, verdicts)
+        return verdicts
+
+    def _run_pending(self, pending: list[Package], verdicts: Verdicts) -> None:
+        for package, result in zip(pending, self._run_and_cache(pending)):
+            _decide(package, result, verdicts)
+        pending.clear()
+
+    def _run_and_cache(self, packages: list[Package]) -> list[dict[str, Any]]:
+        results = self._runner.run(packages)
+        for package, result in zip(packages, results):
+            if result["cacheable"]:
+                atomic_write(self.cache / f"{_cache_key(package)}.json", json.dumps(result).encode())
+        return results
+
+    def __enter__(self) -> Check:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Waits for the early runs (when the run ends on an error, only for those already running)."""
+        self._background.shutdown(wait=True, cancel_futures=exc[0] is not None)
+        self._runner.close()
 
 
-def _run_pending(runner: _Runner, pending: list[Package], cache: Path, verdicts: Verdicts) -> None:
-    for package, result in zip(pending, runner.run(pending)):
-        if result["cacheable"]:
-            atomic_write(cache / f"{_cache_key(package)}.json", json.dumps(result).encode())
-        _decide(package, result, verdicts)
-    pending.clear()
+@dataclasses.dataclass
+class _Gathering:
+    """A package whose units are being collected."""
+
+    package: Package
+    waiting: int = 0  # units listed and not collected yet
+    saved: bool = False  # some unit's result comes from an earlier run
+    listed_all: bool = False
+
+
+def _package_key(result: dict[str, Any]) -> tuple[str, str, str]:
+    return result["unit"]["kind"], result["unit"]["package"], result["unit"]["version"]
 
 
 def _packages(results: Iterable[dict[str, Any]]) -> Iterator[Package]:
     """A package per run of consecutive units with the same (kind, package, version): unit ids sort that way."""
-    def describe(result: dict[str, Any]) -> tuple[str, str, str]:
-        return result["unit"]["kind"], result["unit"]["package"], result["unit"]["version"]
-
-    for key, units in itertools.groupby(results, key=describe):
+    for key, units in itertools.groupby(results, key=_package_key):
         package = Package(key)
         for result in units:
             for file in result["files"]:
@@ -206,7 +302,8 @@ def _cached(cache: Path, package: Package) -> dict[str, Any] | None:
 
 @functools.cache
 def _elixir_version() -> str:
-    return subprocess.run(["elixir", "-e", "IO.write(System.version())"], capture_output=True, text=True).stdout
+    return installed_elixir()  # `elixir --short-version` reads it from a file: no VM to start
+
 
 def runtime_dependencies(mix_exs: str) -> list[str]:
     """The packages a mix.exs needs at run time: its `{:name, requirement, opts}` entries that are not optional,
@@ -223,6 +320,7 @@ class _Runner:
         self.workers = workers
         self._pool: ExecutionPool | None = None
         self._unavailable: str | None = None
+        self._lock = threading.Lock()  # `run` is called from several threads
 
     def run(self, packages: list[Package]) -> list[dict[str, Any]]:
         """Each package's result: {"results": {record id: "passed" | "failed: why" | "not run: why"},
@@ -236,7 +334,7 @@ class _Runner:
                 log.info("Not running %s's doctests: it depends on %s.", package.key[1], ", ".join(dependencies))
             else:
                 batches += [(index, dict(chunk)) for chunk in _chunks(tests, self.config.tests_per_program)]
-        if batches and (pool := self._started()) is None:
+        if batches and (pool := self.started()) is None:
             for index, tests in batches:
                 results[index]["results"].update(dict.fromkeys(tests, "not run: no sandbox"))
                 results[index]["cacheable"] = False
@@ -249,19 +347,19 @@ class _Runner:
                 results[index]["cacheable"] &= not any(o.startswith("not run: program") for o in outcomes.values())
         return results
 
-    def _started(self) -> ExecutionPool | None:
-        if self._pool is None and self._unavailable is None:
-            try:
-                self._pool = ExecutionPool(self.workers, timeout=self.config.timeout_s, sandbox=self.config.sandbox)
-            except SandboxUnavailable as error:
-                self._unavailable = str(error)
-                log.warning("Doctests are not run (keeping those the packages declare): %s", error)
-        return self._pool
+    def started(self) -> ExecutionPool | None:
+        """The execution pool, started on the first call; None where its sandbox cannot be had."""
+        with self._lock:
+            if self._pool is None and self._unavailable is None:
+                try:  # a VM per core, each able to use them all (see the module docstring)
+                    self._pool = ExecutionPool(self.workers, timeout=self.config.timeout_s,
+                                               sandbox=self.config.sandbox, limits=Limits(schedulers=self.workers))
+                except SandboxUnavailable as error:
+                    self._unavailable = str(error)
+                    log.warning("Doctests are not run (keeping those the packages declare): %s", error)
+            return self._pool
 
-    def __enter__(self) -> _Runner:
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
 

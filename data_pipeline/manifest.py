@@ -148,6 +148,9 @@ def report(manifest: dict[str, Any]) -> str:
     if doctests := manifest.get("doctests"):
         lines.append(f"- Doctest tests: kept {doctests['kept']}, run {doctests['run']}, passed {doctests['passed']}; "
                      f"dropped: {_counts(doctests['dropped_by_reason'])}.")
+    if prose := manifest.get("prose"):
+        lines.append(f"- Documents: {_counts(prose['documents'])}; {prose['sections']} sections; code blocks: "
+                     f"{_counts(prose['code_blocks'])}; not made into records: {_counts(prose['dropped_by_reason'])}.")
     if manifest["failed_units"]:
         lines.append(f"- **{len(manifest['failed_units'])} units failed** and are missing; run again to retry them.")
     return "\n".join(lines) + "\n"

@@ -286,7 +286,7 @@ def load_hf_config(path: str | os.PathLike, **execution: Any) -> ModelConfig:
             hf = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"No config.json at {path}.") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not UTF-8
         raise ConfigError(f"{path} is not valid JSON: {e}.") from None
     if not isinstance(hf, dict):
         raise ConfigError(f"{path} must hold a JSON object.")

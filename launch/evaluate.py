@@ -9,7 +9,10 @@
 
 Writes to --output_dir: results.jsonl (every sample: completion, verdict, time, output), summary.json (all
 metrics per benchmark), report.md (a table) and pass_at_k.png; samples/<benchmark>.jsonl keeps each finished
-generation batch, so rerunning the same command after an interruption samples only what is missing.
+generation batch, so rerunning the same command after an interruption samples only what is missing. Every
+input is read and checked, and the model loaded, before --output_dir is touched; the results are written
+in it under a temporary folder (.partial/) and swapped in only when all of them are complete, so a failed
+run leaves the previous results as they were.
 Benchmarks are MultiPL-E JSONL files (see devstral_jax/eval/benchmarks.py); --doctest_records builds the
 doctest benchmark from the data pipeline's held-out (validation) records and saves it as doctests.jsonl.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,7 @@ flags.mark_flags_as_required(["config", "output_dir"])
 class Evaluation:
     """What one run evaluates: every input read and checked, and the model loaded, before any program runs."""
     output_dir: Path
+    staging: Path  # where this run's results are written until they are complete (then swapped in)
     benchmarks: dict[str, list[Problem]]
     given_completions: dict[str, list[str]] | None = None  # --completions: scored instead of sampled
     doctest_sources: list[tuple[str, str]] | None = None  # held-out .ex files: the doctest benchmark's source
@@ -68,29 +74,41 @@ class Evaluation:
 
 
 def setup(argv: list[str], config) -> Evaluation:
-    """Checks the flags, reads the benchmarks, completions and records, prepares --output_dir and loads the model:
-    a mistake in any of them stops the run here, before anything is sampled or executed."""
+    """Checks the flags, reads the benchmarks, completions and records, loads the model, then prepares
+    --output_dir: a mistake in any of them stops the run here, before anything is sampled, executed or written."""
     _check_flags(argv, config.eval)
     model_config = from_config_dict(config.model)
-    evaluation = Evaluation(output_dir=Path(_OUTPUT_DIR.value), benchmarks={
-        Path(path).stem: _first(load_problems(path), config.eval.max_problems) for path in _BENCHMARKS.value})
+    output_dir = Path(_OUTPUT_DIR.value)
+    evaluation = Evaluation(output_dir=output_dir, staging=output_dir / ".partial",
+                            benchmarks={Path(path).stem: _first(load_problems(path), config.eval.max_problems)
+                                        for path in _BENCHMARKS.value})
     if _COMPLETIONS.value:
         problems, evaluation.given_completions = load_completions(_COMPLETIONS.value,
                                                                   next(iter(evaluation.benchmarks.values()), None))
         evaluation.benchmarks = {Path(_COMPLETIONS.value).stem: problems}
     if _DOCTEST_RECORDS.value:
-        evaluation.doctest_sources = doctests.held_out_sources(_DOCTEST_RECORDS.value)
+        evaluation.doctest_sources = _held_out(_DOCTEST_RECORDS.value, "--doctest_records")
     if _PERPLEXITY_RECORDS.value:
-        evaluation.perplexity_texts = [text for _, text in doctests.held_out_sources(_PERPLEXITY_RECORDS.value)]
+        evaluation.perplexity_texts = [text for _, text in _held_out(_PERPLEXITY_RECORDS.value,
+                                                                    "--perplexity_records")]
     if evaluation.output_dir.exists() and not evaluation.output_dir.is_dir():
         raise FlagError(f"--output_dir={evaluation.output_dir} is a file; pass a directory.")
-    evaluation.output_dir.mkdir(parents=True, exist_ok=True)
-    (evaluation.output_dir / "results.jsonl").write_text("")
     if _MODEL.value:
         evaluation.model, evaluation.tokenizer = load_model(_MODEL.value, model_config, config.seed)
         print(f"model: {_MODEL.value} ({evaluation.model.config.num_params:,} parameters) on "
               f"{jax.devices()[0].platform}")
+    evaluation.output_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(evaluation.staging, ignore_errors=True)  # an interrupted run's
+    evaluation.staging.mkdir()
     return evaluation
+
+
+def _held_out(patterns: list[str], flag: str) -> list[tuple[str, str]]:
+    sources = doctests.held_out_sources(patterns)
+    if not sources:
+        raise FlagError(f"{flag}={','.join(patterns)}: no held-out (validation-split) text records of .ex files "
+                        "in these shards; pass the data pipeline's JSONL shards.")
+    return sources
 
 
 def _check_flags(argv: list[str], settings) -> None:
@@ -125,12 +143,26 @@ def load_model(spec: str, model_config: ModelConfig, seed: int):
         raise FlagError(f"--model={spec}: no such directory (pass an HF model directory or random:<preset>).")
     if (path / "checkpoints").is_dir():
         model, _, _ = restore_trained_model(str(path))
-        return model, load_tekken()
+        return model, _checked_vocab(model, load_tekken(), f"--model={spec}", "the packaged Tekken", exact=False)
     if not (path / "config.json").is_file() and not (path / "params.json").is_file():
         raise FlagError(f"--model={spec} is neither a model directory (config.json or params.json) nor a "
                         "training workdir (checkpoints/).")
     loaded = load_hf(path, seed=seed, **execution)
-    return loaded.model, loaded.tokenizer or load_tekken()
+    if loaded.tokenizer is not None:
+        return loaded.model, _checked_vocab(loaded.model, loaded.tokenizer, f"--model={spec}", "its tekken.json",
+                                            exact=False)
+    return loaded.model, _checked_vocab(loaded.model, load_tekken(), f"--model={spec}",
+                                        "the packaged Tekken (the folder has no tekken.json)", exact=True)
+
+
+def _checked_vocab(model: Transformer, tokenizer, model_name: str, tokenizer_name: str, exact: bool):
+    """`tokenizer`, if `model` can use it: its embedding must hold every token id, and a tokenizer the folder does
+    not name (a fallback) must match the vocabulary exactly, or scores would silently be for the wrong text."""
+    model_vocab, tokenizer_vocab = model.config.vocab_size, tokenizer.n_words
+    if model_vocab < tokenizer_vocab or (exact and model_vocab != tokenizer_vocab):
+        raise FlagError(f"{model_name} has a vocabulary of {model_vocab} tokens, {tokenizer_name} has "
+                        f"{tokenizer_vocab}: they do not belong together. Add the model's own tekken.json to it.")
+    return tokenizer
 
 
 def sample_completions(sampler: Sampler, problems: list[Problem], settings, seed: int,
@@ -173,7 +205,7 @@ def evaluate_benchmark(name: str, problems: list[Problem], completions: dict[str
     verdicts = pool.run([problem.program(completion) for problem, _, completion in pairs], progress=f"running {name}")
     samples = [metrics.Sample(problem.name, i, completion, verdict, problem.reference)
                for (problem, i, completion), verdict in zip(pairs, verdicts)]
-    report.write_results(output_dir / "results.jsonl", name, samples)
+    report.write_results(output_dir / "results.jsonl", name, samples)  # output_dir: the run's staging folder
     return metrics.summarize(samples, ks=tuple(settings.ks))
 
 
@@ -189,7 +221,7 @@ def evaluate(evaluation: Evaluation, config) -> tuple[dict[str, dict], dict]:
         if evaluation.doctest_sources is not None:
             problems, counts = doctests.build_benchmark(evaluation.doctest_sources, pool)
             print(f"doctest benchmark: {counts}")
-            _save_problems(evaluation.output_dir / "doctests.jsonl", problems)
+            _save_problems(evaluation.staging / "doctests.jsonl", problems)
             if problems:
                 benchmarks["doctests"] = _first(problems, settings.max_doctest_problems)
         for name, problems in benchmarks.items():
@@ -198,7 +230,7 @@ def evaluate(evaluation: Evaluation, config) -> tuple[dict[str, dict], dict]:
                 store = SampleStore(evaluation.output_dir / "samples" / f"{name}.jsonl",
                                     _sampling_fingerprint(problems, settings, config.seed))
                 completions = sample_completions(sampler, problems, settings, config.seed, store)
-            summaries[name] = evaluate_benchmark(name, problems, completions, pool, settings, evaluation.output_dir)
+            summaries[name] = evaluate_benchmark(name, problems, completions, pool, settings, evaluation.staging)
     extra = {}
     if evaluation.perplexity_texts is not None:
         extra["perplexity"] = perplexity(evaluation.model, evaluation.tokenizer, evaluation.perplexity_texts,
@@ -218,14 +250,27 @@ def write_report(output_dir: Path, summaries: dict[str, dict], extra: dict) -> N
     if summaries:
         report.pass_at_k_chart(output_dir / "pass_at_k.png", summaries)
     print(table)
-    print(f"wrote {output_dir}/results.jsonl, summary.json, report.md" + (", pass_at_k.png" if summaries else ""))
+
+
+def publish(evaluation: Evaluation) -> None:
+    """Swaps the finished results into --output_dir, each file replacing the previous run's at once; a previous
+    run's result file this run does not make (e.g. its chart) is removed, so none is left from another run."""
+    made = {path.name for path in evaluation.staging.iterdir()}
+    for stale in ("results.jsonl", "summary.json", "report.md", "pass_at_k.png", "doctests.jsonl"):
+        if stale not in made:
+            (evaluation.output_dir / stale).unlink(missing_ok=True)
+    for name in sorted(made, key=lambda name: name == "summary.json"):  # the summary last: it says "complete"
+        os.replace(evaluation.staging / name, evaluation.output_dir / name)
+    evaluation.staging.rmdir()
+    print(f"wrote {evaluation.output_dir}/{', '.join(sorted(made))}")
 
 
 def main(argv: list[str]) -> None:
     config = _CONFIG.value
     evaluation = setup(argv, config)
     summaries, extra = evaluate(evaluation, config)
-    write_report(evaluation.output_dir, summaries, extra)
+    write_report(evaluation.staging, summaries, extra)
+    publish(evaluation)
 
 
 def _sampling_fingerprint(problems: list[Problem], settings, seed: int) -> dict:

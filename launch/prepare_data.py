@@ -34,9 +34,11 @@ def main(argv):
                  train["records"], validation["records"], train["tekken_tokens"], validation["tekken_tokens"],
                  output, output / "report.md")
     print((output / "report.md").read_text())
-    if manifest["failed_units"]:
-        sys.exit(f"prepare_data: {len(manifest['failed_units'])} units failed (see manifest.json failed_units); "
-                 f"run the same command again to retry them.")
+    if failed := manifest["failed_units"]:
+        first = "; ".join(f"{f['unit']['id']}: {f['reason'][:200]}" for f in failed[:3])
+        sys.exit(f"prepare_data: {len(failed)} units failed (all in manifest.json failed_units), e.g. {first}. "
+                 "Network failures are retried by the next run; units that failed on a bad answer or file are "
+                 "skipped unless you pass --config.retry_failed=True.")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     hexpm.py       Hex.pm packages (API listing + repo tarballs)      hex_cache.py  tarballs already on disk
     github.py      GitHub repositories (GraphQL search + tarballs)   local.py      a directory or git repo
     otp_docs.py    the installed Elixir's own modules, from their docs chunks (offline)
+    prose.py       which of a package's files are guides, cheatsheets, notebooks; Elixir's own guides
+    books.py       PDF and EPUB books a user owns
 
 The shared pieces: http.py (the polite HTTP client), safe_tar.py (archive reading with caps) and
 hex_tarball.py (the Hex v3 tarball format).
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Protocol
 
 from data_pipeline import PipelineError
 
@@ -42,7 +44,7 @@ class Unit:
     licence is not allowed is never downloaded; `licence_source` says where it was found."""
 
     id: str  # unique and stable across runs, e.g. "hex/jason/1.4.1"
-    kind: str  # hex | github | local | otp_docs
+    kind: str  # hex | github | local | otp_docs | elixir_guides | book
     package: str
     version: str
     url: str
@@ -75,3 +77,18 @@ class UnitRejected(PipelineError):
 
 class FetchFailed(PipelineError):
     """The unit could not be fetched this time (network, rate limit): reported, and retried by the next run."""
+
+
+class BadAnswer(PipelineError):
+    """A remote answer that is not what the API documents (not JSON, the wrong shape, too large once inflated,
+    too slow, a redirect loop): the unit fails alone, recorded with this reason; reruns skip it unless
+    `retry_failed` is set."""
+
+
+def expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """`value` if it is of `kind`, else a BadAnswer naming `what` was expected: every field of a remote answer
+    goes through this (or a check like it) before it is used."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise BadAnswer(f"{what} is {type(value).__name__} {str(value)[:60]!r}, expected {names}")
+    return value

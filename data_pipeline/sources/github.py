@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from data_pipeline import PipelineError
-from data_pipeline.sources import Fetched, FetchFailed, Unit
+from data_pipeline.sources import BadAnswer, Fetched, FetchFailed, Unit, expect
 from data_pipeline.sources.http import HttpClient
 from data_pipeline.sources.safe_tar import TarLimits, read_tar
 
@@ -40,6 +41,7 @@ query($query: String!, $first: Int!, $after: String) {
 }
 """
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _OID = re.compile(r"[0-9a-f]{40}")
 
@@ -78,14 +80,16 @@ class GitHubSource:
         end = _date(self.config.created_until) if self.config.created_until else dt.date.today()
         seen: set[str] = set()
         async for repo in self._search(start, end):
-            target = (repo.get("defaultBranchRef") or {}).get("target") or {}
-            name, oid = repo.get("nameWithOwner") or "", target.get("oid") or ""
-            if not (_NAME.fullmatch(name) and _OID.fullmatch(oid)) or name in seen:  # they name cache files
+            try:
+                name, oid, spdx = _found(repo)
+            except BadAnswer as error:
+                log.warning("Skipping a repository in GitHub's search answer: %s.", error)
+                continue
+            if name in seen:
                 continue
             seen.add(name)
-            spdx = (repo.get("licenseInfo") or {}).get("spdxId")
             yield Unit(id=f"github/{name}/{oid}", kind="github", package=name, version=oid[:12],
-                       url=f"{repo['url']}/tree/{oid}", licences=(spdx,) if spdx else (),
+                       url=f"https://github.com/{name}/tree/{oid}", licences=(spdx,) if spdx else (),
                        fetch=lambda name=name, oid=oid: self.fetch(name, oid))
             if len(seen) == self.config.max_repos:
                 return
@@ -94,7 +98,7 @@ class GitHubSource:
         query = (f"language:elixir stars:>={self.config.min_stars} pushed:>={self.config.pushed_since} "
                  f"fork:false created:{start.isoformat()}..{end.isoformat()}")
         page = await self._query(query, after=None)
-        if page["repositoryCount"] > self.config.search_cap and start < end:
+        if page["count"] > self.config.search_cap and start < end:
             middle = start + (end - start) // 2
             async for repo in self._search(start, middle):
                 yield repo
@@ -105,24 +109,36 @@ class GitHubSource:
             for repo in page["nodes"]:
                 if repo:
                     yield repo
-            if not page["pageInfo"]["hasNextPage"]:
+            if page["end_cursor"] is None:
                 return
-            page = await self._query(query, after=page["pageInfo"]["endCursor"])
+            page = await self._query(query, after=page["end_cursor"])
 
     async def _query(self, query: str, after: str | None) -> dict[str, Any]:
-        answer = await self.http.post_json(
+        """One page of the search, checked: {"count": int, "nodes": list, "end_cursor": str | None (last page)}."""
+        answer = expect(await self.http.post_json(
             f"{self.config.api_url}/graphql",
             {"query": SEARCH_QUERY, "variables": {"query": query, "first": self.config.page_size, "after": after}},
-            headers=self.headers)
-        if answer.get("errors"):
-            messages = "; ".join(error.get("message", str(error)) for error in answer["errors"])
-            raise FetchFailed(f"GitHub search {query!r} failed: {messages}")
-        data = answer["data"]
-        rate = data.get("rateLimit") or {}
-        if rate and rate["remaining"] < rate["cost"]:
-            reset = dt.datetime.fromisoformat(rate["resetAt"].replace("Z", "+00:00")).timestamp()
+            headers=self.headers), dict, "GitHub's search answer")
+        if errors := answer.get("errors"):
+            messages = "; ".join(str(e.get("message", e) if isinstance(e, dict) else e)
+                                 for e in expect(errors, list, "its errors"))
+            raise FetchFailed(f"GitHub search {query!r} failed: {messages[:500]}")
+        data = expect(answer.get("data"), dict, "its data")
+        rate = expect(data.get("rateLimit") or {}, dict, "its rateLimit")
+        if rate and expect(rate.get("remaining"), int, "rateLimit.remaining") < expect(rate.get("cost"), int,
+                                                                                       "rateLimit.cost"):
+            try:
+                reset = dt.datetime.fromisoformat(expect(rate.get("resetAt"), str, "rateLimit.resetAt")
+                                                  .replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise BadAnswer(f"rateLimit.resetAt {rate.get('resetAt')!r} is not a time") from None
             self.http.defer_host(self.config.api_url, reset)
-        return data["search"]
+        search = expect(data.get("search"), dict, "its search")
+        page_info = expect(search.get("pageInfo"), dict, "search.pageInfo")
+        more = expect(page_info.get("hasNextPage"), bool, "pageInfo.hasNextPage")
+        return {"count": expect(search.get("repositoryCount"), int, "search.repositoryCount"),
+                "nodes": expect(search.get("nodes"), list, "search.nodes"),
+                "end_cursor": expect(page_info.get("endCursor"), str, "pageInfo.endCursor") if more else None}
 
     async def fetch(self, name: str, oid: str) -> Fetched:
         tarball = await self.http.download(f"{self.config.api_url}/repos/{name}/tarball/{oid}",
@@ -134,6 +150,18 @@ class GitHubSource:
         with open(tarball, "rb") as stream:  # GitHub tarballs hold one top folder, owner-repo-sha/
             return read_tar(stream, compressed=True, wanted=self.wanted, limits=self.limits, strip_components=1,
                             name=tarball.name)
+
+
+def _found(repo: Any) -> tuple[str, str, str | None]:
+    """(owner/name, commit, SPDX id) of one search result, checked before any is used (they name cache files)."""
+    repo = expect(repo, dict, "a search result")
+    name = expect(repo.get("nameWithOwner"), str, "its nameWithOwner")
+    branch = expect(repo.get("defaultBranchRef") or {}, dict, f"the default branch of {name[:60]!r}")
+    oid = expect(expect(branch.get("target") or {}, dict, "its target").get("oid"), str, f"the commit of {name[:60]!r}")
+    if not (_NAME.fullmatch(name) and _OID.fullmatch(oid)):
+        raise BadAnswer(f"{name[:60]!r} at {oid[:60]!r} is not a valid repository and commit")
+    spdx = expect(repo.get("licenseInfo") or {}, dict, f"the licence of {name}").get("spdxId")
+    return name, oid, expect(spdx, (str, type(None)), f"the SPDX id of {name}")
 
 
 def _date(text: str) -> dt.date:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from data_pipeline.sources import Fetched, Unit, UnitRejected
+from data_pipeline.sources import BadAnswer, Fetched, Unit, UnitRejected, expect
 from data_pipeline.sources.hex_tarball import metadata_from_terms, read_hex_tarball
 from data_pipeline.sources.http import HttpClient
 from data_pipeline.sources.safe_tar import TarLimits
@@ -58,19 +58,19 @@ class HexSource:
         listed = 0
         page = 1
         while True:
-            packages = await self.http.get_json(f"{self.config.api_url}/packages",
-                                                params={"page": page, "sort": self.config.sort}, headers=self.headers)
+            packages = expect(await self.http.get_json(f"{self.config.api_url}/packages",
+                                                       params={"page": page, "sort": self.config.sort},
+                                                       headers=self.headers), list, f"Hex package listing page {page}")
             if not packages:
                 return
             for package in packages:
-                name = package.get("name") or ""
-                version = package.get("latest_stable_version") or package.get("latest_version") or ""
-                if not (_NAME.fullmatch(name) and _VERSION.fullmatch(version)):  # they name files in the cache
-                    log.warning("Skipping a Hex package listed as %r version %r: not a valid name.", name, version)
+                try:
+                    name, version, licences = _listed(package)
+                except BadAnswer as error:
+                    log.warning("Skipping a Hex package on listing page %d: %s.", page, error)
                     continue
                 yield Unit(id=f"hex/{name}/{version}", kind="hex", package=name, version=version,
-                           url=f"https://hex.pm/packages/{name}/{version}",
-                           licences=tuple((package.get("meta") or {}).get("licenses") or ()),
+                           url=f"https://hex.pm/packages/{name}/{version}", licences=licences,
                            fetch=lambda name=name, version=version: self.fetch(name, version))
                 listed += 1
                 if listed == self.config.max_packages:
@@ -78,14 +78,27 @@ class HexSource:
             page += 1
 
     async def fetch(self, name: str, version: str) -> Fetched:
-        release = await self.http.get_json(f"{self.config.api_url}/packages/{name}/releases/{version}",
-                                           headers=self.headers)
+        release = expect(await self.http.get_json(f"{self.config.api_url}/packages/{name}/releases/{version}",
+                                                  headers=self.headers), dict, f"the release {name} {version}")
+        checksum = expect(release.get("checksum"), (str, type(None)), f"the checksum of release {name} {version}")
         tarball = await self.http.download(f"{self.config.repo_url}/tarballs/{name}-{version}.tar",
                                            self.cache_dir / f"{name}-{version}.tar",
                                            max_bytes=self.config.max_tarball_bytes)
         return await asyncio.to_thread(read_package, tarball, self.pool, wanted=self.wanted, limits=self.limits,
                                        max_tarball_bytes=self.config.max_tarball_bytes,
-                                       expected_checksum=release.get("checksum"))
+                                       expected_checksum=checksum)
+
+
+def _listed(package: object) -> tuple[str, str, tuple[str, ...]]:
+    """(name, latest version, declared licences) of one entry of the listing, checked before any is used."""
+    package = expect(package, dict, "a listed package")
+    name = expect(package.get("name"), str, "its name")
+    version = package.get("latest_stable_version") or package.get("latest_version")
+    if not (_NAME.fullmatch(name) and isinstance(version, str) and _VERSION.fullmatch(version)):
+        raise BadAnswer(f"{name[:60]!r} version {str(version)[:30]!r} is not a valid name")  # they name cache files
+    meta = expect(package.get("meta") or {}, dict, f"the meta of {name}")
+    licences = expect(meta.get("licenses") or [], list, f"the licences of {name}")
+    return name, version, tuple(expect(licence, str, f"a licence of {name}") for licence in licences)
 
 
 def read_package(path: Path, pool: ElixirPool, *, wanted: Callable[[str], bool], limits: TarLimits,

@@ -6,6 +6,10 @@
 - Retries 429, 5xx, timeouts and connection errors with exponential backoff and full jitter.
 - GETs are cached with their ETag; the next run sends `If-None-Match` and a 304 reuses the cached body,
   so a re-run downloads only what changed.
+- Bounds what a hostile server can cost: every body is read as a stream and inflated here, chunk by chunk,
+  so a gzip bomb stops at the cap (`max_json_bytes` for API answers, the caller's for downloads); each
+  request has an overall deadline (`deadline_s`), so a body trickled a byte at a time ends; redirects stop
+  after `max_redirects`. Such an answer is a BadAnswer: its unit fails alone.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import json
 import logging
 import random
 import time
+import zlib
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
 
-from data_pipeline.sources import FetchFailed, UnitRejected
+from data_pipeline.sources import BadAnswer, FetchFailed, UnitRejected
 from devstral_jax.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,9 @@ class HttpConfig:
     backoff_max_s: float
     max_rate_limit_wait_s: float
     max_connections: int
+    deadline_s: float = 600.0  # one request, body included, from start to end
+    max_json_bytes: int = 64 << 20  # an API answer, inflated
+    max_redirects: int = 5
 
 
 class _Retry(Exception):
@@ -56,7 +64,8 @@ class HttpClient:
         self._reset_at: dict[str, float] = {}  # host -> epoch seconds before which its budget is spent
         self._slots = asyncio.Semaphore(config.max_connections)
         self._client = httpx.AsyncClient(
-            headers={"user-agent": config.user_agent}, timeout=config.timeout_s, follow_redirects=True,
+            headers={"user-agent": config.user_agent, "accept-encoding": "gzip, deflate"}, timeout=config.timeout_s,
+            follow_redirects=True, max_redirects=config.max_redirects,
             limits=httpx.Limits(max_connections=config.max_connections))
 
     async def aclose(self) -> None:
@@ -71,25 +80,37 @@ class HttpClient:
 
         async def attempt() -> bytes:
             response = await self._send("GET", url, params=params, headers=_with_etag(headers, etag))
-            if response.status_code == 304 and etag:
-                self.stats["not_modified"] += 1
-                return body_path.read_bytes()
-            _raise_for_status(response)
-            self.stats["downloaded_bytes"] += len(response.content)
+            try:
+                if response.status_code == 304 and etag:
+                    self.stats["not_modified"] += 1
+                    return body_path.read_bytes()
+                _raise_for_status(response)
+                body = await self._json_body(response, url)
+            finally:
+                await response.aclose()
             if response.headers.get("etag"):
-                atomic_write(body_path, response.content)
+                atomic_write(body_path, body)
                 self._save_meta(key, {"url": url, "etag": response.headers["etag"]})
-            return response.content
+            return body
 
         return _json(url, await self._with_retries(url, attempt))
 
     async def post_json(self, url: str, payload: Any, *, headers: dict[str, str] | None = None) -> Any:
         async def attempt() -> bytes:
             response = await self._send("POST", url, json=payload, headers=headers)
-            _raise_for_status(response)
-            return response.content
+            try:
+                _raise_for_status(response)
+                return await self._json_body(response, url)
+            finally:
+                await response.aclose()
 
         return _json(url, await self._with_retries(url, attempt))
+
+    async def _json_body(self, response: httpx.Response, url: str) -> bytes:
+        chunks: list[bytes] = []
+        size = await _read_body(response, self.config.max_json_bytes, url, chunks.append)
+        self.stats["downloaded_bytes"] += size
+        return b"".join(chunks)
 
     async def download(self, url: str, dest: Path, *, max_bytes: int, headers: dict[str, str] | None = None) -> Path:
         """Streams `url` to `dest` (reused on a 304). Over `max_bytes`: UnitRejected, nothing kept."""
@@ -98,7 +119,7 @@ class HttpClient:
         etag = meta.get("etag") if dest.exists() else None
 
         async def attempt() -> Path:
-            response = await self._send("GET", url, stream=True, headers=_with_etag(headers, etag))
+            response = await self._send("GET", url, headers=_with_etag(headers, etag))
             try:
                 if response.status_code == 304 and etag:
                     self.stats["not_modified"] += 1
@@ -119,26 +140,25 @@ class HttpClient:
     async def _stream_to(self, response: httpx.Response, dest: Path, max_bytes: int, url: str) -> None:
         partial = dest.with_name(dest.name + ".part")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        size = 0
         try:
             with open(partial, "wb") as file:
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise UnitRejected(f"too large: {url} is over the {max_bytes}-byte cap")
-                    file.write(chunk)
+                size = await _read_body(response, max_bytes, url, file.write, too_large=UnitRejected)
             partial.replace(dest)
             self.stats["downloaded_bytes"] += size
         finally:
             partial.unlink(missing_ok=True)
 
-    async def _send(self, method: str, url: str, *, stream: bool = False, **kwargs) -> httpx.Response:
-        """One request within the connection limit and the host's rate budget; 429 and 5xx raise _Retry."""
+    async def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
+        """One request within the connection limit and the host's rate budget, its body left to stream (the
+        caller closes the response); 429 and 5xx raise _Retry."""
         request = self._client.build_request(method, url, **kwargs)
         async with self._slots:
             await self._wait_for_budget(url)
             self.stats["requests"] += 1
-            response = await self._client.send(request, stream=stream)
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.TooManyRedirects:
+                raise BadAnswer(f"{url}: more than {self.config.max_redirects} redirects (a redirect loop?)") from None
         try:
             self._note_rate_limit(url, response)
         except _Retry:
@@ -149,7 +169,11 @@ class HttpClient:
     async def _with_retries(self, url: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
         for tries in range(self.config.retries + 1):
             try:
-                return await attempt()
+                await self._wait_for_budget(url)  # waiting for a rate limit is not the server being slow
+                return await asyncio.wait_for(attempt(), self.config.deadline_s)
+            except TimeoutError:
+                raise BadAnswer(f"{url}: no complete answer within http.deadline_s={self.config.deadline_s:g} s "
+                                "(a stalled or trickling server)") from None
             except (httpx.TimeoutException, httpx.TransportError) as error:
                 failure = _Retry(f"{type(error).__name__}: {error}")
             except _Retry as retry:
@@ -233,11 +257,45 @@ def _reset_time(headers: httpx.Headers) -> float | None:
     return None
 
 
+async def _read_body(response: httpx.Response, max_bytes: int, url: str, sink: Callable[[bytes], Any],
+                     too_large: type[Exception] = BadAnswer) -> int:
+    """Streams the body into `sink`, inflating gzip/deflate here a bounded piece at a time; returns its size.
+    Over `max_bytes` once inflated: `too_large`, whatever the compressed size."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+        raise BadAnswer(f"{url}: unsupported content-encoding {encoding[:40]!r}")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if "gzip" in encoding else 0))
+    size = 0
+    try:
+        async for raw in response.aiter_raw():
+            for piece in (_inflate(inflater, raw) if encoding not in ("", "identity") else (raw,)):
+                size += len(piece)
+                if size > max_bytes:
+                    raise too_large(f"too large: {url} is over the {max_bytes}-byte cap"
+                                    + (" once inflated" if encoding not in ("", "identity") else ""))
+                sink(piece)
+    except zlib.error as error:
+        raise BadAnswer(f"{url}: the {encoding} body is corrupt ({error})") from None
+    return size
+
+
+def _inflate(inflater: Any, data: bytes, piece: int = 1 << 20) -> Iterator[bytes]:
+    """What `data` inflates to, in pieces of at most `piece` bytes: a bomb never sits in memory whole."""
+    while True:
+        out = inflater.decompress(data, piece)
+        yield out
+        data = inflater.unconsumed_tail
+        if not data and len(out) < piece:
+            return
+
+
 def _json(url: str, body: bytes) -> Any:
     try:
         return json.loads(body)
-    except json.JSONDecodeError:
-        raise FetchFailed(f"{url}: the answer is not JSON ({body[:80]!r}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadAnswer(f"{url}: the answer is not JSON ({body[:80]!r})") from None
+    except RecursionError:
+        raise BadAnswer(f"{url}: the JSON answer is nested too deeply") from None
 
 
 def _raise_for_status(response: httpx.Response) -> None:

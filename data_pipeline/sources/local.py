@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from data_pipeline import PipelineError
 from data_pipeline.licence_detect import Declared, declared_licence
@@ -24,20 +24,20 @@ _SKIPPED_DIRS = {"_build", "deps", "node_modules"}  # build output and vendored 
 
 
 class LocalSource:
-    def __init__(self, paths: tuple[str, ...], licence: str, batch_files: int, extensions: tuple[str, ...],
+    def __init__(self, paths: tuple[str, ...], licence: str, batch_files: int, wanted: Callable[[str], bool],
                  max_file_bytes: int):
         self.roots = existing_directories(paths, "sources.local.paths")
         if len({root.name for root in self.roots}) != len(self.roots):
             raise PipelineError("sources.local.paths: two paths share a folder name; each names its package.")
         self.licence = licence  # "" to detect each tree's own
         self.batch_files = batch_files
-        self.extensions = extensions
+        self.wanted = wanted  # which files (by relative path) are read: code and prose
         self.max_file_bytes = max_file_bytes
 
     async def units(self) -> AsyncIterator[Unit]:
         for root in self.roots:
             paths = await asyncio.to_thread(self._list, root)
-            version = _tree_version(root, paths)
+            version = tree_version(root, paths)
             declared = (Declared(self.licence, "config sources.local.licence") if self.licence
                         else await asyncio.to_thread(declared_licence, root))
             for index in range(0, len(paths), self.batch_files):
@@ -48,7 +48,7 @@ class LocalSource:
                            fetch=lambda root=root, batch=batch: asyncio.to_thread(self._read, root, batch))
 
     def _list(self, root: Path) -> list[str]:
-        """Relative paths of the Elixir files: git's tracked files in a repository, else a walk."""
+        """Relative paths of the wanted files: git's tracked files in a repository, else a walk."""
         if (root / ".git").exists() and shutil.which("git"):
             listing = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True)
             paths = [p for p in listing.stdout.decode("utf-8", "replace").split("\0") if p]
@@ -59,7 +59,7 @@ class LocalSource:
                                            if not d.startswith(".") and d not in _SKIPPED_DIRS)
                 relative = Path(directory).relative_to(root)
                 paths.extend(str(relative / name) for name in names)
-        return sorted(p for p in paths if p.endswith(self.extensions))
+        return sorted(p for p in paths if self.wanted(p))
 
     def _read(self, root: Path, paths: list[str]) -> Fetched:
         fetched = Fetched(files=[])
@@ -77,7 +77,7 @@ class LocalSource:
         return fetched
 
 
-def _tree_version(root: Path, paths: list[str]) -> str:
+def tree_version(root: Path, paths: list[str]) -> str:
     digest = hashlib.sha256()
     for relative in paths:
         try:

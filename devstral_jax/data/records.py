@@ -11,6 +11,11 @@ Kinds and their payload fields:
   text  `text`                        whole files, for continued pretraining (stage 1)
   chat  `messages` (OpenAI style)     instructions; the loss is on assistant turns (stage 2)
   fim   `prefix`, `suffix`, `middle`  fill-in-the-middle; the model writes `middle`
+
+Records made from a document (a guide, a Livebook notebook, a book) also carry `place`: where in the document
+they come from (title, heading path, order, position 0..1, chapter, pages), what its code blocks are (language,
+whether the real Elixir parses them, the modules, calls and constructs they use) and which concepts the
+document's code first uses there. Records from source files have none.
 """
 
 from __future__ import annotations
@@ -31,12 +36,53 @@ _PAYLOAD_FIELDS = {"text": ("text",), "chat": ("messages",), "fim": ("prefix", "
 class Source:
     """Where a record's material came from: enough to credit it, honour its licence and find it again."""
 
-    kind: str  # hex | github | local | otp_docs
+    kind: str  # hex | github | local | otp_docs | elixir_guides | book
     package: str
     version: str
     path: str
     licence: str  # an SPDX id (or LicenseRef-...)
     url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeLabel:
+    """One code block of a document, as the real Elixir reads it."""
+
+    language: str  # "elixir" (labelled so, or unlabelled and read as Elixir), else the block's label or ""
+    parses: bool | None  # Elixir: does it parse; None for a block labelled as another language (not tried)
+    modules: tuple[str, ...] = ()  # modules it defines or names ("Plug.Conn", ":ets")
+    calls: tuple[str, ...] = ()  # "Mod.fun/arity": remote calls and Kernel function calls
+    constructs: tuple[str, ...] = ()  # special forms, Kernel macros and meaningful attributes: "with", "|>", "@spec"
+
+
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where in a document (a guide, a notebook, a book) a record comes from, and what its code is."""
+
+    document: str  # the document's title
+    section: tuple[str, ...]  # heading path, outermost first; () for a whole document
+    order: int  # the section's index in reading order (0 for a whole document or chapter's first section)
+    position: float  # where the record's text starts, 0..1 through the document: a curriculum's notion of depth
+    chapter: int | None = None  # 0-based chapter index (books)
+    pages: tuple[int, int] | None = None  # first and last page, 1-based (PDF books)
+    code: tuple[CodeLabel, ...] = ()  # its code blocks, in order
+    introduces: tuple[str, ...] = ()  # concepts ("GenServer.call", "with", "Stack") first used in code here
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Place:
+        if not isinstance(data, dict) or not isinstance(data.get("code", []), list):
+            raise RecordError(f"place must be an object with a list of code labels, got {data!r}.")
+        try:
+            return cls(**{**data, "section": tuple(data.get("section", ())),
+                          "pages": tuple(data["pages"]) if data.get("pages") is not None else None,
+                          "code": tuple(CodeLabel(**{k: tuple(v) if isinstance(v, list) else v
+                                                     for k, v in label.items()}) for label in data.get("code", ())),
+                          "introduces": tuple(data.get("introduces", ()))})
+        except (TypeError, AttributeError) as error:
+            raise RecordError(f"bad place {data!r} ({error}).") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +103,7 @@ class Record:
     prefix: str | None = None
     suffix: str | None = None
     middle: str | None = None
+    place: Place | None = None  # records made from a document (guides, notebooks, books)
 
     def __post_init__(self):
         validate(self)
@@ -83,6 +130,8 @@ class Record:
         for name in _PAYLOAD_FIELDS[self.kind]:
             value = getattr(self, name)
             out[name] = [dataclasses.asdict(m) for m in value] if name == "messages" else value
+        if self.place is not None:
+            out["place"] = self.place.to_dict()
         return out
 
     def to_json(self) -> str:
@@ -95,7 +144,7 @@ class Record:
         kind = data.get("kind")
         if kind not in KINDS:
             raise RecordError(f"Record {data.get('id')!r}: kind must be one of {KINDS}, got {kind!r}.")
-        allowed = {"id", "kind", "task", "split", "source", *_PAYLOAD_FIELDS[kind]}
+        allowed = {"id", "kind", "task", "split", "source", "place", *_PAYLOAD_FIELDS[kind]}
         if unknown := set(data) - allowed:
             raise RecordError(f"Record {data.get('id')!r} ({kind}): unexpected fields {sorted(unknown)}.")
         if missing := {"id", "task", "source", *_PAYLOAD_FIELDS[kind]} - set(data):
@@ -106,6 +155,11 @@ class Record:
         except TypeError as error:
             raise RecordError(f"Record {data['id']!r}: bad source {source!r} ({error}).") from None
         fields = dict(data, source=source)
+        if data.get("place") is not None:
+            try:
+                fields["place"] = Place.from_dict(data["place"])
+            except RecordError as error:
+                raise RecordError(f"Record {data['id']!r}: {error}") from None
         if kind == "chat":
             messages = data["messages"]
             if not isinstance(messages, list) or not all(isinstance(m, dict) and set(m) == {"role", "content"}
@@ -150,6 +204,8 @@ def validate(record: Record) -> None:
             raise RecordError(f"{where}: middle must not be empty.")
     if record.kind == "chat":
         _validate_messages(where, record.messages)
+    if record.place is not None:
+        _validate_place(where, record.place)
 
 
 def _validate_messages(where: str, messages: Any) -> None:
@@ -165,3 +221,28 @@ def _validate_messages(where: str, messages: Any) -> None:
     if not turns or [m.role for m in turns] != expected[:len(turns)] or turns[-1].role != "assistant":
         raise RecordError(f"{where}: turns must alternate user/assistant (after an optional system message) "
                           f"and end with the assistant.")
+
+
+def _validate_place(where: str, place: Any) -> None:
+    strings = lambda values: isinstance(values, tuple) and all(isinstance(v, str) for v in values)  # noqa: E731
+    if not isinstance(place, Place) or not isinstance(place.document, str) or not place.document:
+        raise RecordError(f"{where}: place must be a Place with a document title.")
+    if not strings(place.section) or not strings(place.introduces):
+        raise RecordError(f"{where}: place.section and place.introduces must be tuples of strings.")
+    if isinstance(place.order, bool) or not isinstance(place.order, int) or place.order < 0:
+        raise RecordError(f"{where}: place.order must be an integer >= 0, got {place.order!r}.")
+    if isinstance(place.position, bool) or not isinstance(place.position, (int, float)) or not \
+            0.0 <= place.position <= 1.0:
+        raise RecordError(f"{where}: place.position must be a number in [0, 1], got {place.position!r}.")
+    if place.chapter is not None and (isinstance(place.chapter, bool) or not isinstance(place.chapter, int)
+                                      or place.chapter < 0):
+        raise RecordError(f"{where}: place.chapter must be None or an integer >= 0, got {place.chapter!r}.")
+    if place.pages is not None and not (isinstance(place.pages, tuple) and len(place.pages) == 2 and all(
+            isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in place.pages)
+            and place.pages[0] <= place.pages[1]):
+        raise RecordError(f"{where}: place.pages must be None or (first, last) pages from 1, got {place.pages!r}.")
+    for label in place.code:
+        if not (isinstance(label, CodeLabel) and isinstance(label.language, str) and label.parses in (True, False, None)
+                and strings(label.modules) and strings(label.calls) and strings(label.constructs)):
+            raise RecordError(f"{where}: place.code must hold CodeLabels (language, parses, modules, calls, "
+                              f"constructs), got {label!r}.")

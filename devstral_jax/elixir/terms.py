@@ -63,11 +63,17 @@ def _encode(value: Any, out: bytearray) -> None:
         raise TypeError(f"Cannot send a {type(value).__name__} to an Elixir worker: {value!r}")
 
 
-def decode_term(data: bytes) -> Any:
-    """Decodes the output of `:erlang.term_to_binary/1` (uncompressed)."""
+MAX_DEPTH = 100  # the protocol's replies nest a few levels; a hostile term (e.g. a Hex metadata.config) may not
+_CONTAINERS = (104, 105, 108, 116)  # SMALL_TUPLE_EXT, LARGE_TUPLE_EXT, LIST_EXT, MAP_EXT
+
+
+def decode_term(data: bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """Decodes the output of `:erlang.term_to_binary/1` (uncompressed). Iterative, and a term nested deeper than
+    `max_depth` lists, tuples or maps is a ValueError, so that no input exhausts Python's stack, here or in the
+    code that walks the result."""
     if not data or data[0] != _VERSION:
         raise ValueError("Not an Erlang external term (bad version byte).")
-    value, end = _decode(memoryview(data), 1)
+    value, end = _decode(memoryview(data), 1, max_depth)
     if end != len(data):
         raise ValueError(f"Erlang external term has {len(data) - end} trailing bytes.")
     return value
@@ -76,9 +82,50 @@ def decode_term(data: bytes) -> Any:
 _SPECIAL_ATOMS = {"nil": None, "true": True, "false": False}
 
 
-def _decode(data: memoryview, i: int) -> tuple[Any, int]:
-    tag = data[i]
-    i += 1
+def _decode(data: memoryview, i: int, max_depth: int) -> tuple[Any, int]:
+    """The term starting at `i` and where it ends. Containers wait on a stack of [tag, items still to come,
+    items so far] until their last item is decoded."""
+    stack: list[list[Any]] = []
+    while True:
+        tag = data[i]
+        i += 1
+        if tag in _CONTAINERS:
+            n, i = (data[i], i + 1) if tag == 104 else (struct.unpack_from(">I", data, i)[0], i + 4)
+            if len(stack) == max_depth:
+                raise ValueError(f"Erlang term nested deeper than {max_depth} levels.")
+            expected = n + 1 if tag == 108 else 2 * n if tag == 116 else n  # a list's tail; a map's keys and values
+            if expected:
+                stack.append([tag, expected, []])
+                continue
+            value = _container(tag, [])
+        else:
+            value, i = _scalar(tag, data, i)
+        while stack:  # hand the value to its container, closing every container it completes
+            top = stack[-1]
+            top[2].append(value)
+            top[1] -= 1
+            if top[1]:
+                break
+            stack.pop()
+            value = _container(top[0], top[2])
+        else:
+            return value, i
+
+
+def _container(tag: int, items: list[Any]) -> Any:
+    if tag == 108:
+        if items[-1] != []:
+            raise ValueError("Improper lists cannot be decoded.")
+        return items[:-1]
+    if tag == 116:
+        try:
+            return dict(zip(items[0::2], items[1::2]))
+        except TypeError:
+            raise ValueError("An Erlang map with a list or map as a key cannot be decoded.") from None
+    return tuple(items)
+
+
+def _scalar(tag: int, data: memoryview, i: int) -> tuple[Any, int]:
     if tag == 97:  # SMALL_INTEGER_EXT
         return data[i], i + 1
     if tag == 98:  # INTEGER_EXT
@@ -101,35 +148,9 @@ def _decode(data: memoryview, i: int) -> tuple[Any, int]:
             return raw.decode("utf-8"), i + 4 + n
         except UnicodeDecodeError:
             return raw, i + 4 + n
-    if tag in (104, 105):  # SMALL_TUPLE_EXT, LARGE_TUPLE_EXT
-        n, i = (data[i], i + 1) if tag == 104 else (struct.unpack_from(">I", data, i)[0], i + 4)
-        items = []
-        for _ in range(n):
-            item, i = _decode(data, i)
-            items.append(item)
-        return tuple(items), i
     if tag == 106:  # NIL_EXT
         return [], i
     if tag == 107:  # STRING_EXT: a list of small integers
         n = struct.unpack_from(">H", data, i)[0]
         return list(data[i + 2:i + 2 + n]), i + 2 + n
-    if tag == 108:  # LIST_EXT
-        n = struct.unpack_from(">I", data, i)[0]
-        i += 4
-        items = []
-        for _ in range(n):
-            item, i = _decode(data, i)
-            items.append(item)
-        tail, i = _decode(data, i)
-        if tail != []:
-            raise ValueError("Improper lists cannot be decoded.")
-        return items, i
-    if tag == 116:  # MAP_EXT
-        n = struct.unpack_from(">I", data, i)[0]
-        i += 4
-        result = {}
-        for _ in range(n):
-            key, i = _decode(data, i)
-            result[key], i = _decode(data, i)
-        return result, i
     raise ValueError(f"Unsupported Erlang external term tag {tag} (pids, refs and funs cannot cross to Python).")

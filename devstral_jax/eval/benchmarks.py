@@ -46,13 +46,13 @@ def read_jsonl(path: str | Path) -> Iterable[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise BenchmarkError(f"No such file: {path}.")
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as error:
+            except ValueError as error:  # not JSON, or not UTF-8
                 raise BenchmarkError(f"{path}:{number}: not JSON ({error}).") from None
             if not isinstance(record, dict):
                 raise BenchmarkError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}.")

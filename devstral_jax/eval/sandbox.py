@@ -59,6 +59,7 @@ class Limits:
     os_processes: int = 512  # OS processes and threads of the unprivileged user (RLIMIT_NPROC)
     file_size_mb: int = 64  # largest file a program may write (RLIMIT_FSIZE)
     scratch_mb: int = 256  # the tmpfs holding the scratch directory
+    schedulers: int = 1  # Erlang schedulers (cores) per VM: a pool runs one VM per core
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +77,12 @@ class Sandbox:
 
 
 def erl_options(limits: Limits) -> str:
-    """One scheduler per VM (the pool runs one VM per core) that does not busy-wait when idle (the VMs share
-    the cores with each other and the host), and the Erlang process limit. The dirty schedulers keep their
-    short busy-wait: file and code-loading work runs there, and waking them from sleep made each program
-    ~18% slower in a lone VM."""
-    return f"+S 1:1 +SDcpu 1:1 +SDio 2 +A 1 +sbwt none +P {limits.processes}"
+    """`limits.schedulers` schedulers per VM (one: the pool runs one VM per core) that do not busy-wait when
+    idle (the VMs share the cores with each other and the host), and the Erlang process limit. The dirty
+    schedulers keep their short busy-wait: file and code-loading work runs there, and waking them from sleep
+    made each program ~18% slower in a lone VM."""
+    s = limits.schedulers
+    return f"+S {s}:{s} +SDcpu 1:1 +SDio 2 +A 1 +sbwt none +P {limits.processes}"
 
 
 def rlimits(limits: Limits) -> list[str]:

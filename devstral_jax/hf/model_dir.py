@@ -100,7 +100,7 @@ def _params_config(path: str, execution: dict[str, Any]) -> ModelConfig:
     try:
         with open(os.path.join(path, "params.json")) as f:
             params = json.load(f)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not UTF-8
         raise ConfigError(f"{path}/params.json is not valid JSON: {e}.") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}/params.json must hold a JSON object.")
@@ -129,7 +129,7 @@ def _hf_tensors(path: str) -> dict[str, TensorInfo]:
     try:
         with open(index_path) as f:
             weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise ModelDirError(f"{index_path} is not a safetensors index (a JSON object with a 'weight_map'): "
                               f"{e!r}.") from None
     files = sorted(set(weight_map.values()))

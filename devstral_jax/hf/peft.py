@@ -117,7 +117,7 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
             config = json.load(f)
     except FileNotFoundError:
         raise AdapterError(f"No {CONFIG_FILE} in {path}: not a PEFT adapter directory.") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not UTF-8
         raise AdapterError(f"{path}/{CONFIG_FILE} is not valid JSON: {e}.") from None
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"{path}/{CONFIG_FILE}: peft_type is {config.get('peft_type')!r}; only LORA is supported.")

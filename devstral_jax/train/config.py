@@ -39,6 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
         eval_every=50, eval_batches=4,
         checkpoint_every=50, keep_checkpoints=3, async_checkpoint=True,
         max_bad_steps=5,  # stop after this many non-finite steps in a row
+        dead_steps=20,  # stop after this many steps in a row at the uniform loss with a zero gradient; 0: never
+        allow_changes="",  # resume despite these fingerprinted settings changing, e.g. "train.steps,data.seq_len"
         peak_tflops=0.0,  # the device's bf16 peak for MFU; 0: known devices only
         init_adapters_from="",  # a previous stage's workdir: start from its final adapters
     ))
@@ -51,15 +53,36 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+# Settings that must be whole numbers of at least the given value.
+_AT_LEAST = {"data.seq_len": 1, "data.batch_size": 1, "data.microbatches": 1, "data.packing_bins": 1,
+             "data.worker_count": 0, "train.steps": 1, "train.stop_at": 0, "train.loss_chunk": 1,
+             "train.log_every": 1, "train.eval_every": 1, "train.eval_batches": 1, "train.checkpoint_every": 1,
+             "train.keep_checkpoints": 1, "train.max_bad_steps": 1, "train.dead_steps": 0,
+             "optim.warmup_steps": 0}
+
+
 def validate(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict | None = None,
              prefix: str = "config") -> None:
-    """Raises ValueError naming the first key of `config` that the reference shape does not have."""
+    """Raises ConfigError naming the first key of `config` that the reference shape does not have, or the
+    first setting whose value cannot work (a zero or negative size, count or cadence)."""
     reference = default_config() if reference is None else reference
     for key, value in config.items():
         if key not in reference:
             raise ConfigError(f"Unknown config key {prefix}.{key}; known keys: {sorted(reference.keys())}.")
         if isinstance(value, ml_collections.ConfigDict):
             validate(value, reference[key], f"{prefix}.{key}")
+    if prefix == "config":
+        _check_values(config)
+
+
+def _check_values(config: ml_collections.ConfigDict) -> None:
+    for name, least in _AT_LEAST.items():
+        section, key = name.split(".")
+        value = config[section][key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"config.{name}={value!r}: must be a whole number of at least {least}.")
+    if not config.optim.learning_rate >= 0:
+        raise ConfigError(f"config.optim.learning_rate={config.optim.learning_rate!r}: must be 0 or more.")
 
 
 def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:

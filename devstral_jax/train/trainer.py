@@ -12,6 +12,7 @@ record, measures the validation loss, or saves a checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -34,11 +35,13 @@ from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
 from devstral_jax.data.pipeline import DataSpec, make_dataset
 from devstral_jax.data.tokenize import RecordTokenizer
-from devstral_jax.errors import TrainingError
+from devstral_jax.errors import CheckpointError, TrainingError
 from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
+from devstral_jax.tokenizer import tekken_file
 from devstral_jax.train import config as train_config
+from devstral_jax.train.fingerprint import allowed_changes, differences, run_fingerprint
 from devstral_jax.train.metrics_log import MetricsLog
 from devstral_jax.train.optim import make_optimizer
 from devstral_jax.train.step import TrainState, init_state, jit_train_step, make_eval_step, make_train_step
@@ -162,6 +165,7 @@ def _train_single(config: ml_collections.ConfigDict, workdir: str) -> TrainResul
     checkpoints = os.path.join(run.workdir, "checkpoints")
     with Checkpointer(checkpoints, keep_last=config.train.keep_checkpoints,
                       async_save=config.train.async_checkpoint) as checkpointer:  # closing waits for the last save
+        checkpointer.set_aside_after(int(state.step))  # steps passed over at resume are redone
         log = MetricsLog(run.workdir, enabled=jax.process_index() == 0)
         result = _loop(run, state, checkpointer, log)
     log.close(plot=not result.stopped_by_signal)
@@ -179,7 +183,8 @@ class _Run:
     eval_fn: Callable[[nnx.State, nnx.State, dict], tuple[jax.Array, jax.Array]]
     train_batches: grain.DatasetIterator  # its position goes into every checkpoint
     validation: grain.IterDataset  # iterated from its start at every evaluation: the same batches each time
-    meta: dict  # saved with every checkpoint: the config, the base's source and fingerprint
+    meta: dict  # saved with every checkpoint: the config and its fingerprint, the base's source and fingerprint
+    uniform_loss: float  # log(vocab_size): the loss of a model that predicts nothing
     flops_per_token: float
     peak_flops: float | None  # one device's; None: no MFU in the metrics
 
@@ -191,20 +196,24 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     model_config = from_config_dict(config.model)
     mesh = sharding.make_mesh(config.mesh)
     _check_batch_shape(config, mesh)
+    tokenizer_file = tekken_file(config.data.tokenizer or None)
+    fingerprint = run_fingerprint(config, tokenizer_file)
+    allowed_changes(config, fingerprint)  # a misspelt name fails now, not at the next resume
     graphdef, lora, frozen, base_source = build_model(config, model_config, mesh)
-    tokenizer = RecordTokenizer(config.data.tokenizer or None)
+    tokenizer = RecordTokenizer(tokenizer_file)
     if model_config.vocab_size < tokenizer.vocab_size:
         raise TrainingError(f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
                             f"{tokenizer.vocab_size} tokens.")
     datasets = {split: make_dataset(_data_spec(config, split), tokenizer, jax.process_index(), jax.process_count())
                 for split in ("train", "validation")}
     step_fn, fresh = train_step_and_state(config, model_config, graphdef, lora, frozen, mesh)
-    meta = dict(config=json.loads(config.to_json_best_effort()), base_source=base_source,
+    meta = dict(config=json.loads(config.to_json_best_effort()), fingerprint=fingerprint, base_source=base_source,
                 base_fingerprint=base_fingerprint(frozen), model=dataclasses.asdict(model_config))
     run = _Run(config=config, workdir=workdir, mesh=mesh, frozen=frozen, step_fn=step_fn,
                eval_fn=jax.jit(make_eval_step(graphdef, config.train.loss_chunk)),
                train_batches=iter(datasets["train"]), validation=datasets["validation"],
-               meta=meta, flops_per_token=flops_per_token(model_config, lora, config.data.seq_len),
+               meta=meta, uniform_loss=math.log(model_config.vocab_size),
+               flops_per_token=flops_per_token(model_config, lora, config.data.seq_len),
                peak_flops=peak_flops(config))
     return run, fresh
 
@@ -231,14 +240,15 @@ def _make_workdir(workdir: str) -> str:
 
 
 def _resume_or_start(run: _Run, fresh: TrainState) -> TrainState:
-    """The latest checkpoint's state, with the data iterator moved to where it was; else `fresh`, with a previous
-    stage's adapters if `train.init_adapters_from` names one."""
+    """The newest verified checkpoint's state, with the data iterator moved to where it was; else `fresh`, with a
+    previous stage's adapters if `train.init_adapters_from` names one."""
     fingerprint = run.meta["base_fingerprint"]
     checkpoints = os.path.join(run.workdir, "checkpoints")
     if os.path.isdir(checkpoints):
         with Checkpointer(checkpoints, read_only=True) as checkpointer:
-            if checkpointer.latest_step() is not None:
-                state, data_state, _ = checkpointer.restore(_abstract(fresh), expected_fingerprint=fingerprint)
+            if checkpointer.all_steps():
+                state, data_state, _ = checkpointer.restore(_abstract(fresh), expected_fingerprint=fingerprint,
+                                                            check_meta=functools.partial(_check_same_run, run))
                 run.train_batches.set_state(data_state)
                 logging.info("Resumed from step %d of %s", int(state.step), run.workdir)
                 return state
@@ -248,6 +258,18 @@ def _resume_or_start(run: _Run, fresh: TrainState) -> TrainState:
     return fresh
 
 
+def _check_same_run(run: _Run, step: int, meta: dict) -> None:
+    """Refuses to resume a checkpoint made with settings that change what the run computes (fingerprint.py),
+    unless `train.allow_changes` names them."""
+    now = run.meta["fingerprint"]
+    if changed := differences(meta.get("fingerprint", {}), now, allowed_changes(run.config, now)):
+        names = ",".join(change.split(" ")[0] for change in changed)
+        raise CheckpointError(
+            f"Cannot resume {run.workdir} from step {step}: {'; '.join(changed)} differ from the settings it was "
+            f"trained with, so it would not continue the same run. Use the saved settings, a new workdir, or "
+            f"--config.train.allow_changes={names} to accept the change.")
+
+
 def _loop(run: _Run, state: TrainState, checkpointer: Checkpointer, log: MetricsLog) -> TrainResult:
     """Steps from `state.step` to `train.stop_at` (or `train.steps`); a SIGTERM ends it after a checkpoint."""
     train = run.config.train
@@ -255,6 +277,7 @@ def _loop(run: _Run, state: TrainState, checkpointer: Checkpointer, log: Metrics
     stop_at = min(train.stop_at or train.steps, train.steps)
     result = TrainResult(run.workdir, start, {}, {})
     logged_step, logged_time = start, time.perf_counter()
+    dead = 0  # steps in a row at the uniform loss with a zero gradient
     with _SigtermFlag() as sigterm, tqdm(total=train.steps, initial=start, desc="train", unit="step",
                                          disable=jax.process_index() != 0) as progress:
         for step in range(start, stop_at):
@@ -270,6 +293,7 @@ def _loop(run: _Run, state: TrainState, checkpointer: Checkpointer, log: Metrics
                 log.write(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 logged_step, logged_time = done, time.perf_counter()
+            dead = _stop_if_dead(run, done, dead, result.losses[done], float(metrics["grad_norm"]))
             eval_loss = None
             if done % train.eval_every == 0 or last:
                 eval_loss = result.eval_losses[done] = _validation_loss(run, state.lora)
@@ -291,6 +315,19 @@ def _stop_if_diverging(state: TrainState, step: int, max_bad_steps: int) -> None
     if int(state.bad_steps_in_a_row) >= max_bad_steps:
         raise TrainingError(f"{max_bad_steps} non-finite steps in a row at step {step + 1} "
                             "(loss or gradient NaN/Inf): lower optim.learning_rate or check the data.")
+
+
+def _stop_if_dead(run: _Run, step: int, dead: int, loss: float, grad_norm: float) -> int:
+    """Counts the steps in a row at the uniform loss with a zero gradient (a model whose output ignores its input,
+    e.g. broken weights, which can never learn) and ends the run at `train.dead_steps` of them."""
+    dead = dead + 1 if abs(loss - run.uniform_loss) < 1e-4 * run.uniform_loss and grad_norm < 1e-8 else 0
+    if run.config.train.dead_steps and dead >= run.config.train.dead_steps:
+        raise TrainingError(
+            f"The loss has been {loss:.4f} = log(vocab_size), the uniform distribution, with a zero gradient for "
+            f"{dead} steps (to step {step}): the model's output ignores its input and cannot learn, so its weights "
+            "are broken (e.g. a corrupted base or checkpoint). Check config.base and the workdir's checkpoints, or "
+            "set train.dead_steps=0 to train anyway.")
+    return dead
 
 
 def _step_record(run: _Run, step: int, state: TrainState, metrics: dict, host_batch: dict[str, np.ndarray],
@@ -339,6 +376,7 @@ def restore_trained_model(workdir: str, step: int | None = None) -> tuple[Transf
     """The model of a training workdir (base rebuilt from its recorded source + trained adapters) for
     evaluation and export: (model, model config, checkpoint meta). Reads only the adapters of the checkpoint."""
     with Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), read_only=True) as checkpointer:
+        step = checkpointer.usable_step(step)
         meta = checkpointer.restore_meta(step)
         config = ml_collections.ConfigDict(meta["config"])
         model_config = from_config_dict(config.model)

@@ -1,12 +1,16 @@
 """Filters, exact and near dedup, and decontamination, alone and through the pipeline."""
 
 import json
+import random
+import re
 from pathlib import Path
 
+import numpy as np
 from conftest import BENCHMARK, FIXTURES
+from datasketch import MinHash
 
-from data_pipeline.decontam import Decontaminator, load_benchmarks, normalize
-from data_pipeline.dedup import NearDuplicates, exact_key
+from data_pipeline.decontam import MAX_SPAN_CHARS, Decontaminator, informative, load_benchmarks, normalize
+from data_pipeline.dedup import CODE_TOKEN, NearDuplicates, code_tokens, exact_key
 from data_pipeline.filters import FilterConfig, rejection
 from data_pipeline.run import run
 from devstral_jax.eval.benchmarks import HUMANEVAL_EX, load_problems, read_jsonl
@@ -184,3 +188,77 @@ def test_each_dropped_record_is_reported_with_its_matched_span(tmp_path, data_co
     assert dropped[0]["rule"] == "docstring" and dropped[0]["span"] in normalize(solution)
     kept = [json.loads(line) for line in (tmp_path / "out" / "jsonl" / "train.jsonl").read_text().splitlines()]
     assert {r["source"]["path"] for r in kept} == {"lib/nx.ex"}
+
+
+def normalized_line_by_line(text: str) -> str:
+    lines = (re.sub(r"^\s*(#+|iex>|\.\.\.>)\s?", "", line) for line in text.lower().split("\n"))
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+def scanner(problems, ngram: int, min_chars: int, min_informative: int):
+    """What decontamination finds, by its rule alone: each problem's docstring, then its signature and tests, in
+    the text normalized line by line; then every window of `ngram` lower-cased tokens against the problems'."""
+    grams = {}
+    for p in problems:
+        for window in (p.tokens[i:i + ngram] for i in range(len(p.tokens) - ngram + 1)):
+            if sum(map(informative, window)) >= min_informative:
+                grams.setdefault(window, p)
+
+    def scan(texts: list[str]) -> tuple | None:
+        joined = "\n".join(texts)
+        haystack = normalized_line_by_line(joined)
+        for p in problems:
+            if len(p.docstring) >= min_chars and p.docstring in haystack:
+                return p.name, "docstring", p.docstring[:MAX_SPAN_CHARS]
+            if p.signature and p.assertions and p.signature in haystack and p.assertions in haystack:
+                return p.name, "signature+tests", p.signature[:MAX_SPAN_CHARS]
+        matches = list(CODE_TOKEN.finditer(joined))
+        tokens = [m[0].lower() for m in matches]
+        for i in range(len(tokens) - ngram + 1):
+            if p := grams.get(tuple(tokens[i:i + ngram])):
+                return p.name, "ngram", joined[matches[i].start():matches[i + ngram - 1].end()][:MAX_SPAN_CHARS]
+        return None
+    return scan
+
+
+def test_decontamination_finds_what_a_scan_of_every_problem_and_window_finds():
+    """find's shortcuts (an anchor word per searched text, n-grams looked up only in runs of their tokens, tokens
+    of the UTF-8 bytes) change nothing: benchmark pieces spliced into real code, reformatted, commented out."""
+    problems = load_benchmarks([str(HUMANEVAL_EX)])
+    paths = [*REAL.glob("*.ex*"), *(FIXTURES / "elixir_tree").rglob("*.ex")]  # one of them Latin-1
+    code = [path.read_bytes().decode("utf-8", "surrogateescape") for path in paths]
+    code.append("defmodule Ünïcode do\n  # K\u212aelvin İstanbul straße\n  def größe(x), do: x\nend\n")
+    rng = random.Random(0)
+    texts = [[text] for text in code]
+    benchmark = load_problems(HUMANEVAL_EX)
+    texts += [[code[0], benchmark[0].prompt], [benchmark[-1].prompt + benchmark[-1].tests]]  # the first, the last
+    for problem in benchmark:
+        lines = (problem.prompt + problem.tests).split("\n")
+        start = rng.randrange(len(lines))
+        piece = "\n".join(lines[start:start + rng.randrange(1, 30)])
+        piece = piece.replace("\n", rng.choice(["\n", "\n  # ", "\n\t", "\n iex> ", "\n...> ", "\r\n", "\n\u00a0"]))
+        host = rng.choice(code)
+        cut = rng.randrange(len(host) + 1)
+        texts.append([host[:cut] + piece + host[cut:]])
+        texts.append(["Write it.", piece.upper() if rng.random() < 0.2 else piece])
+    for ngram, min_informative in [(13, 3), (6, 0)]:
+        decontaminator = Decontaminator(problems, ngram=ngram, min_chars=40, min_informative=min_informative)
+        found = [decontaminator.find(text) for text in texts]
+        scan = scanner(problems, ngram, 40, min_informative)
+        assert [hit and (hit.problem, hit.rule, hit.span) for hit in found] == [scan(text) for text in texts]
+        assert {hit.rule for hit in found if hit} == {"docstring", "signature+tests", "ngram"}
+    for text in texts:
+        assert normalize(text[-1]) == normalized_line_by_line(text[-1])
+
+
+def test_near_dedup_signatures_are_minhashes_of_the_token_shingles():
+    """The shingles are hashed as bytes straight from the UTF-8 text, in no order: the same MinHash as the
+    5-grams of `CODE_TOKEN` tokens joined by spaces, encoded, added in sorted order."""
+    near = NearDuplicates(threshold=0.7, num_perm=256, ngram=5)
+    for text in [module("Shop.Reports"), (REAL / "nx_flatten.ex").read_text(), "größe K\u212aelvin x_1 y z w v u"]:
+        tokens = CODE_TOKEN.findall(text)
+        plain = MinHash(num_perm=256, seed=1)
+        plain.update_batch(sorted({" ".join(tokens[i:i + 5]).encode() for i in range(len(tokens) - 4)}))
+        assert np.array_equal(near.signature(text).hashvalues, plain.hashvalues)
+        assert code_tokens(text) == [token.encode() for token in tokens]
+        assert code_tokens(text, lower=True) == [token.lower().encode() for token in tokens]

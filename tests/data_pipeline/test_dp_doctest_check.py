@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.doctest_check import FAILED, MISSING, NO_TESTS, NOT_DECLARED, runtime_dependencies
+from data_pipeline.doctest_check import (
+    FAILED,
+    MISSING,
+    NO_TESTS,
+    NOT_DECLARED,
+    Check,
+    CheckConfig,
+    runtime_dependencies,
+)
 from data_pipeline.run import run
+from data_pipeline.shards import MIRROR_DIR
 
 SHAPES = Path(__file__).parent / "fixtures" / "shapes"
 
@@ -17,11 +26,12 @@ def doctest_records(out: Path) -> dict[str, set[str]]:
     """Per package, the functions whose doctest_tests records reached the shards (the copies of shapes are
     deduplicated away: only shapes' own records can get there)."""
     tested = {}
-    for line in (out / "train.jsonl").read_text().splitlines() + (out / "validation.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["task"] == "doctest_tests":
-            function = record["messages"][0]["content"].split("`")[1]
-            tested.setdefault(record["source"]["package"], set()).add(function)
+    for split in ("train", "validation"):
+        for line in (out / MIRROR_DIR / f"{split}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record["task"] == "doctest_tests":
+                function = record["messages"][0]["content"].split("`")[1]
+                tested.setdefault(record["source"]["package"], set()).add(function)
     return tested
 
 
@@ -48,6 +58,7 @@ def checked(packages, tmp_path_factory):
     config.decontam.benchmarks = ()
     config.split.validation_fraction = 0.0
     config.sources.local.paths = tuple(str(packages / name) for name in ("shapes", "untested", "with_deps"))
+    config.sources.local.licence = "LicenseRef-own-code"  # the hand-made packages have no licence file
     return config, run(config)
 
 
@@ -109,3 +120,36 @@ def test_results_are_cached_per_package(checked):
 ])
 def test_runtime_dependencies_of_a_mix_file(mix_exs, expected):
     assert runtime_dependencies(mix_exs) == expected
+
+
+def test_a_package_is_checked_as_soon_as_it_is_collected_with_the_same_verdicts(checked, tmp_path):
+    """A package's check starts when its units are collected and the listing has moved past it (while the rest is
+    collected); a package with a unit saved by an earlier run is left to the end. The verdicts are those of a
+    check run entirely at the end."""
+    config, _ = checked
+    results = [json.loads(path.read_text()) for path in sorted((Path(config.output_dir) / "work/units").glob("*"))]
+    by_package = {result["unit"]["package"]: result for result in results}
+    key = {name: (result["unit"]["kind"], name, result["unit"]["version"]) for name, result in by_package.items()}
+    check_config = CheckConfig(**config.doctests)
+
+    with Check(check_config, 2, tmp_path / "early") as check:
+        check.listed(key["shapes"], saved=False)
+        check.collected(by_package["shapes"])
+        check.listed(key["untested"], saved=True)  # listed after shapes: shapes is complete
+        check.listed(key["with_deps"], saved=False)
+        check.collected(by_package["with_deps"])  # not complete: the listing has not moved past it
+    early = {cached.name for cached in (tmp_path / "early" / "work" / "doctests").glob("*.json")}
+    assert len(early) == 1  # shapes', written by its run, which the end of the `with` waited for
+
+    with Check(check_config, 2, tmp_path / "early") as check:
+        for package in ("shapes", "untested", "with_deps"):
+            check.listed(key[package], saved=False)
+            check.collected(by_package[package])
+        check.listing_done()
+        verdicts = check.verdicts(results)
+    with Check(check_config, 2, tmp_path / "late") as check:
+        at_the_end = check.verdicts(results)
+    assert (verdicts.summary(), verdicts.dropped) == (at_the_end.summary(), at_the_end.dropped)
+    assert verdicts.summary()["packages"]["shapes"]["passed"] == 2
+    cached = {path.name for path in (tmp_path / "early" / "work" / "doctests").glob("*.json")}
+    assert cached == {path.name for path in (tmp_path / "late" / "work" / "doctests").glob("*.json")} > early

@@ -15,7 +15,8 @@ from devstral_jax.elixir.parse import parse_source
 TREE = Path(__file__).parent / "fixtures" / "elixir_tree" / "lib" / "my_app"
 SHAPES = Path(__file__).parent / "fixtures" / "shapes"  # modelled on real cases, see its README
 CONFIG = InstructConfig(seed=0, fim_rate=1.0, max_value_questions=3, min_doc_chars=10, min_moduledoc_chars=20,
-                        max_context_chars=8000, max_explanation_chars=1500)
+                        max_context_chars=8000, max_explanation_chars=1500, fim_spans=1, fim_context_lines=10_000,
+                        fim_across_rate=0.0)  # one FIM middle per file, its whole file around it
 
 
 def records_for(pool, name, config=CONFIG):

@@ -9,6 +9,10 @@ from data_pipeline.sources.local import LocalSource
 EXTENSIONS = (".ex", ".exs")
 
 
+def code(path):
+    return path.endswith(EXTENSIONS)
+
+
 def read_all(source: LocalSource):
     async def collect():
         return [(unit, await unit.fetch()) async for unit in source.units()]
@@ -27,7 +31,7 @@ def test_directory_tree_in_batches(tmp_path):
         write(root / name)
     write(root / "lib" / "big.ex", "# " + "x" * 5000 + "\n")
     os.symlink("/etc/hostname", root / "lib" / "link.ex")
-    source = LocalSource((str(root),), "LicenseRef-own-code", batch_files=2, extensions=EXTENSIONS,
+    source = LocalSource((str(root),), "LicenseRef-own-code", batch_files=2, wanted=code,
                          max_file_bytes=4000)
     units = read_all(source)
     assert [unit.id.rsplit("/", 1)[1] for unit, _ in units] == ["00000", "00001", "00002"]
@@ -52,7 +56,7 @@ def test_git_repository_uses_tracked_files(tmp_path):
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "init"], check=True)
     write(root / "lib" / "untracked.ex")
-    source = LocalSource((str(root),), "LicenseRef-own-code", batch_files=10, extensions=EXTENSIONS,
+    source = LocalSource((str(root),), "LicenseRef-own-code", batch_files=10, wanted=code,
                          max_file_bytes=4000)
     ((unit, fetched),) = read_all(source)
     assert unit.id.startswith("local/company_app/tree-")

@@ -8,6 +8,7 @@ from pathlib import Path
 from data_pipeline.config import base_config
 from data_pipeline.filters import FilterConfig, elide_long_literals, rejection
 from data_pipeline.run import run
+from data_pipeline.shards import MIRROR_DIR
 from devstral_jax.elixir.parse import parse_source
 
 LOGO = "data:image/png;base64," + base64.b64encode(bytes(range(256)) * 40).decode()  # 13,678 characters
@@ -51,8 +52,9 @@ def test_the_pipeline_keeps_the_file_and_every_record_shows_the_short_literal(da
     data_config.sources.local.paths = (str(tmp_path / "my_app"),)
     data_config.split.validation_fraction = 0.0
     manifest = run(data_config)
-    assert manifest["files"] == {"kept": 1, "skipped": 0, "skipped_by_reason": {}}
-    records = [json.loads(line) for line in (Path(data_config.output_dir) / "train.jsonl").read_text().splitlines()]
+    assert manifest["files"] == {"kept": 1, "skipped": 0, "skipped_by_reason": {}, "needs_newer_elixir": {}}
+    mirror = Path(data_config.output_dir) / MIRROR_DIR / "train.jsonl"
+    records = [json.loads(line) for line in mirror.read_text().splitlines()]
     assert {"file", "doc_to_impl", "module_explain"} <= {r["task"] for r in records}
     assert not any(LOGO[:100] in json.dumps(r) for r in records)
     (file,) = [r for r in records if r["task"] == "file"]

@@ -60,3 +60,15 @@ def test_malformed_records_are_rejected(make, message):
 def test_bad_json_is_a_clear_error(line, message):
     with pytest.raises(RecordError, match=message):
         Record.from_json(line)
+
+
+def test_token_counts_are_the_lengths_of_tekken_encodings():
+    """The pipeline counts a record's tokens with Tekken's tiktoken model directly: the same as Tekken's own
+    encode, for code, prose, non-ASCII text and text that looks like special tokens."""
+    from data_pipeline.run import _tekken, _tokens
+
+    tokenizer = _tekken()
+    record = chat(("system", "<s>[INST] You write Elixir. [/INST]</s>"), ("user", "Größe? 日本語 😀 <unk>"),
+                  ("assistant", "```elixir\ndefmodule Jason do\n  def encode!(x), do: x\nend\n```"))
+    assert _tokens(tokenizer, record) == sum(len(tokenizer.encode(text, bos=False, eos=False))
+                                             for text in record.contents()) > 40

@@ -48,7 +48,8 @@ def test_planted_secrets_are_redacted_and_counted_and_ordinary_code_is_kept(tmp_
 
     out = tmp_path / "out" / "jsonl"
     text = (out / "train.jsonl").read_text() + (out / "validation.jsonl").read_text()
-    files = {r["source"]["path"]: r["text"] for r in map(json.loads, text.splitlines()) if r["task"] == "file"}
+    records = map(json.loads, text.splitlines())
+    files = {r["source"]["path"]: r["text"] for r in records if r["task"] in ("file", "test_file")}  # whole files
     assert set(files) >= {"config/config.exs", "config/runtime.exs", "test/support/keys.ex", "mix.exs"}  # parsed
     for value in [*PLANTED, "Kp4nZ8wQ2mXv"]:
         assert value not in text, value

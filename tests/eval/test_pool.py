@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
+from devstral_jax.eval.pool import ExecutionPool
 from devstral_jax.eval.reference_run import run_elixir_file
-from devstral_jax.eval.sandbox import SandboxUnavailable, make_sandbox
+from devstral_jax.eval.sandbox import Limits, SandboxUnavailable, make_sandbox
 from devstral_jax.eval.verdict import Program
 
 TIMEOUT = 3.0  # the pool fixture's
@@ -118,6 +119,15 @@ def test_programs_are_isolated_from_each_other(pool):
     # Each worker runs the probe at least once after the first program (the pool has two).
     for verdict in pool.run([probe] * 4):
         assert verdict.passed and verdict.stdout.strip() == "{false, nil, nil, nil, nil, false, false}", verdict
+
+
+def test_a_vm_has_the_schedulers_its_limits_give():
+    """One scheduler per VM for a pool of one VM per core; a pool of one VM running one program at a time (the data
+    pipeline's doctest check: a package compiles in parallel) can have a scheduler per core."""
+    program = Program("IO.puts(System.schedulers_online())\n")
+    for schedulers in (1, 2):
+        with ExecutionPool(1, timeout=30.0, limits=Limits(schedulers=schedulers)) as pool:
+            assert pool.run_one(program).stdout.strip() == str(schedulers)
 
 
 def test_a_program_that_redefines_the_test_runner_cannot_pass(pool):
