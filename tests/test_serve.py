@@ -4,10 +4,10 @@ included; a missing or wrong API key gets 401; a request beyond --max_concurrent
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -99,35 +99,51 @@ def test_a_missing_or_wrong_api_key_gets_401(server):
         assert client.get(f"{server}/v1/models", headers=_auth("wrong")).status_code == 401
 
 
+def _hold(url: str, body: bytes) -> socket.socket:
+    """A completion request sent but for its body's last byte, so the server holds it in flight."""
+    host, port = url.removeprefix("http://").split(":")
+    held = socket.create_connection((host, int(port)))
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    held.sendall(head.encode() + body[:-1])
+    return held
+
+
+def _answered(held: socket.socket) -> bool:
+    return bool(select.select([held], [], [], 0)[0])
+
+
+def _response(held: socket.socket) -> tuple[int, bytes]:
+    """The status and body of the response on `held`, read to the end (the server closes it)."""
+    data = b""
+    while chunk := held.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
 def test_a_request_beyond_max_concurrent_gets_429(server):
-    """One completion is held in flight (its body not yet sent); meanwhile another request is refused."""
-    release = threading.Event()
-    held: dict = {}
-
-    def body():
-        yield json.dumps({"prompt": PROMPT, "max_tokens": 2, "temperature": 0.0})[:-1].encode()
-        release.wait(timeout=120)
-        yield b"}"
-
-    def hold():
-        with httpx.Client(timeout=120) as client:
-            held["response"] = client.post(f"{server}/v1/completions", content=body(),
-                                           headers={**_auth(), "Content-Type": "application/json"})
-
-    thread = threading.Thread(target=hold)
-    thread.start()
+    """One completion is held in flight (its body's last byte not yet sent); meanwhile another request is refused.
+    Where a probe took the only slot as the held request arrived, the held one got 429 itself: it is sent again."""
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 2, "temperature": 0.0}).encode()
+    held = _hold(server, body)
     try:
         with httpx.Client(timeout=60) as client:
             for _ in range(2400):  # until the server has started on the held request (bounded; slow when loaded)
                 response = client.get(f"{server}/v1/models", headers=_auth())
-                if response.status_code == 429 or not thread.is_alive():
+                if response.status_code == 429:
                     break
                 assert response.status_code == 200
+                if _answered(held):  # refused while a probe held the slot
+                    assert _response(held)[0] == 429
+                    held.close()
+                    held = _hold(server, body)
                 time.sleep(0.05)
             assert response.status_code == 429 and "1 requests in flight" in response.text
+        held.sendall(body[-1:])
+        status, answer = _response(held)
     finally:
-        release.set()
-        thread.join(timeout=120)
-    assert held["response"].status_code == 200 and held["response"].json()["choices"][0]["text"]
+        held.close()
+    assert status == 200 and json.loads(answer)["choices"][0]["text"]
     with httpx.Client(timeout=60) as client:  # the slot is free again
         assert client.get(f"{server}/v1/models", headers=_auth()).status_code == 200
