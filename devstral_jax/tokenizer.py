@@ -6,6 +6,7 @@ checkout's own `tekken.json` can be passed instead.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,3 +31,10 @@ def tekken_file(path: str | os.PathLike | None = None) -> Path:
 def load_tekken(path: str | os.PathLike | None = None) -> Tekkenizer:
     """Loads Tekken from `path` (a `tekken.json` or a model directory holding one); default: the packaged file."""
     return Tekkenizer.from_file(str(tekken_file(path)))
+
+
+def tekken_config(path: str | os.PathLike | None = None) -> dict:
+    """The `config` section of a Tekken file (version, default_vocab_size, ...), read without building the
+    tokenizer (which takes seconds)."""
+    with open(tekken_file(path)) as f:
+        return json.load(f)["config"]

@@ -3,9 +3,10 @@
 A merged export is a stream of HF tensors (`(hf_name, [out, in] array)`, in `param_names` order) with the
 LoRA update already added, written to `model-0000k-of-0000n.safetensors` shards of at most
 `max_shard_bytes` plus the index, `config.json` (MistralForCausalLM or LlamaForCausalLM, the config's
-family), `generation_config.json`, the tokenizer files (Tekken, and a `tokenizer.json` converted from it by
-transformers when the base has none; a Llama base's tokenizer.json, or the one transformers builds from a
-GGUF base) and a model card. Two sources of such streams:
+family, with the `transformers_version` that wrote it), `generation_config.json`, the tokenizer files (Tekken,
+and `tokenizer.json` + config + chat template made from it, see tokenizer_files.py, when the base has none; a
+Llama base's tokenizer.json, or the one transformers builds from a GGUF base) and a model card. Two sources of
+such streams:
 
 - `merged_checkpoint_tensors(base, adapter)`: the original base checkpoint, read tensor by tensor, plus
   the adapter: exact (the bf16 base, not its NF4 copy) and bounded by a few tensors of host memory, so
@@ -14,6 +15,10 @@ GGUF base) and a model card. Two sources of such streams:
 
 The directory is written under a temporary name and renamed when complete: a failure (a NaN in a
 weight, a full disk) leaves no output behind.
+
+Bumblebee reads the same directory only for models whose head_dim is hidden_size / num_heads: its Mistral
+loader has no head_dim option and keeps random weights where a tensor's shape disagrees
+(`bumblebee_problem`).
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from typing import Iterable, Iterator, Sequence
 
 import ml_dtypes
 import numpy as np
+import transformers
 from tqdm import tqdm
-from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
 
 from devstral_jax.atomic import atomic_directory
 from devstral_jax.config import ModelConfig, to_hf_config
@@ -35,6 +40,7 @@ from devstral_jax.hf.model_dir import HF_INDEX, ModelDir
 from devstral_jax.hf.param_map import hf_shapes
 from devstral_jax.hf.peft import Adapter
 from devstral_jax.hf.safetensors_io import SafetensorsWriter
+from devstral_jax.hf.tokenizer_files import save_hf_tokenizer
 from devstral_jax.tokenizer import PACKAGED_TEKKEN
 from devstral_jax.tokenizers.hf import transformers_tokenizer
 
@@ -103,7 +109,8 @@ def save_merged(out_dir: str | os.PathLike, config: ModelConfig, tensors: Iterab
                     weight_map[name] = file
                     bar.update(int(np.prod(shapes[name])) * out_dtype.itemsize)
         _write_json(os.path.join(tmp, HF_INDEX), {"metadata": {"total_size": total}, "weight_map": weight_map})
-        _write_json(os.path.join(tmp, "config.json"), to_hf_config(config, torch_dtype=dtype))
+        _write_json(os.path.join(tmp, "config.json"),
+                    {**to_hf_config(config, torch_dtype=dtype), "transformers_version": transformers.__version__})
         if generation_config:
             shutil.copy(generation_config, os.path.join(tmp, "generation_config.json"))
         else:
@@ -111,13 +118,22 @@ def save_merged(out_dir: str | os.PathLike, config: ModelConfig, tensors: Iterab
         shipped = {"tekken.json" if file == str(PACKAGED_TEKKEN) else os.path.basename(file): file
                    for file in tokenizer}
         if "tekken.json" in shipped and "tokenizer.json" not in shipped:
-            # What AutoTokenizer, Bumblebee and TGI read: tokenizer.json (+ config, chat template), from Tekken.
-            convert_tekken_tokenizer(shipped["tekken.json"]).save_pretrained(tmp)
+            save_hf_tokenizer(shipped["tekken.json"], tmp)
         for shipped_as, file in shipped.items():
             shutil.copy(file, os.path.join(tmp, shipped_as))
         if readme is not None:
             with open(os.path.join(tmp, "README.md"), "w") as f:
                 f.write(readme)
+
+
+def bumblebee_problem(config: ModelConfig) -> str | None:
+    """Why Bumblebee cannot load this model from a merged directory, or None if it can."""
+    if config.head_dim * config.num_heads != config.hidden_size:
+        return (f"Bumblebee's Mistral loader derives head_dim from hidden_size / num_heads = "
+                f"{config.hidden_size // config.num_heads}, but this model's head_dim is {config.head_dim}; it would "
+                "keep random weights for the attention projections. Serve it with vLLM, transformers or a GGUF until "
+                "Bumblebee supports head_dim.")
+    return None
 
 
 def _plan_shards(shapes: dict[str, tuple[int, ...]], itemsize: int, max_shard_bytes: int) -> list[list[str]]:

@@ -4,15 +4,19 @@ Devstral is the `llama` architecture to llama.cpp: the same metadata keys (with 
 since Devstral's 32 x 128 query width differs from its hidden size 5120), tensors named `blk.N.attn_q`
 etc. (the `gguf` package's own name map), and q/k rows in interleaved RoPE order (llama.cpp rotates
 pairs), i.e. HF's weights permuted back as in Mistral's consolidated format. Norms stay float32; the
-matrices are F16 or Q8_0 (blocks of 32 weights sharing one f16 scale, 8.5 bits per weight). The
-tokenizer is Tekken as llama.cpp reads it: a byte-level BPE (`gpt2` model, `tekken` pre-tokenizer)
-whose tokens, types and merges come from `tekken.json` through gguf's `MistralVocab`. A Llama-family model
+matrices are F16 or Q8_0 (blocks of 32 weights sharing one f16 scale, 8.5 bits per weight), written here;
+the K-quants (Q4_K_M ~4.9, Q5_K_M ~5.7, Q6_K ~6.6 bits per weight: a 24B model in 14, 17 or 19 GB) are made
+from the F16 file by llama.cpp's own quantizer (llama_cpp.py), which also picks the per-tensor mix the
+`_M` types stand for. The tokenizer is Tekken as llama.cpp reads it: a byte-level BPE (`gpt2` model,
+`tekken` pre-tokenizer) whose tokens, types and merges come from `tekken.json` through gguf's
+`MistralVocab`, with the instruct format as `tokenizer.chat_template` (chat_template.py). A Llama-family model
 exported from a GGUF base (SmolLM2) takes its base's tokenizer metadata (vocabulary, merges, special ids,
 chat template) as it is; a model with tied embeddings has no `output.weight` (llama.cpp then uses
 `token_embd`).
 
 Tensors arrive as a stream (see export.py), so a 24B model converts with a few tensors in memory; the
-file is written under a temporary name and renamed when complete.
+file is written under a temporary name and renamed when complete (a K-quant also needs the F16 file's
+size, 2 bytes per parameter, free beside it while it is made).
 """
 
 from __future__ import annotations
@@ -31,59 +35,76 @@ from tqdm import tqdm
 
 from devstral_jax.atomic import atomic_file
 from devstral_jax.config import ModelConfig
-from devstral_jax.hf import consolidated
+from devstral_jax.hf import consolidated, llama_cpp
+from devstral_jax.hf.chat_template import jinja_template
 from devstral_jax.hf.export import ExportError
 from devstral_jax.hf.param_map import hf_shapes, param_names
+from devstral_jax.tokenizer import tekken_config
 
-# Our name -> (tensor type of the matrices, llama.cpp's file type).
+# Written here: our name -> (tensor type of the matrices, llama.cpp's file type).
 OUTTYPES = {
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
+GGUF_TYPES = (*OUTTYPES, *llama_cpp.K_QUANTS)
 
 
 def save_gguf(path: str | os.PathLike, config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], *,
               tokenizer: str, outtype: str = "q8_0", name: str = "devstral-elixir", overwrite: bool = False,
               progress: bool = True) -> None:
-    """Writes a GGUF file from an HF tensor stream (`param_names` order) and a tokenizer: a `tekken.json`, or a GGUF
-    file whose tokenizer metadata is copied."""
-    if outtype not in OUTTYPES:
-        raise ExportError(f"Unknown GGUF type {outtype!r}; choose one of {sorted(OUTTYPES)}.")
+    """Writes a GGUF file of type `outtype` (one of GGUF_TYPES) from an HF tensor stream (`param_names` order)
+    and a tokenizer: a `tekken.json`, or a GGUF file whose tokenizer metadata (chat template included) is copied."""
+    if outtype not in GGUF_TYPES:
+        raise ExportError(f"Unknown GGUF type {outtype!r}; choose one of {list(GGUF_TYPES)}.")
     if config.rope_scaling is not None:
         raise ExportError("GGUF export of a model with RoPE scaling (Llama 3.1+) is not implemented; export the "
                           "merged directory and convert it with llama.cpp's convert_hf_to_gguf.py.")
-    matrix_type, file_type = OUTTYPES[outtype]
+    if not tokenizer.endswith(".gguf"):
+        check_tokenizer(tokenizer, config.vocab_size)
     if config.sliding_window is not None:
         logging.warning("llama.cpp's llama architecture has no sliding window: the GGUF attends over the whole "
                         "context (exact only up to sliding_window=%d tokens).", config.sliding_window)
+    if outtype in llama_cpp.K_QUANTS:
+        llama_cpp.require()  # before the F16 file is written, not after
+    with atomic_file(path, overwrite) as tmp:
+        if outtype in OUTTYPES:
+            _write_gguf(tmp, config, tensors, tokenizer, outtype, name, progress)
+        else:
+            with tempfile.TemporaryDirectory(dir=os.path.dirname(tmp), prefix=".f16-") as work:
+                f16 = os.path.join(work, "model-f16.gguf")
+                _write_gguf(f16, config, tensors, tokenizer, "f16", name, progress)
+                llama_cpp.quantize(f16, tmp, outtype)
+
+
+def _write_gguf(path: str, config: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], tokenizer: str,
+                outtype: str, name: str, progress: bool) -> None:
+    matrix_type, file_type = OUTTYPES[outtype]
     names = param_names(config)
     shapes = hf_shapes(config)
     gguf_names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_layers)
     types = {name.hf_name: _tensor_type(shapes[name.hf_name], matrix_type) for name in names}
-
-    with atomic_file(path, overwrite) as tmp:
-        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        try:
-            _add_metadata(writer, config, name, file_type)
-            if tokenizer.endswith(".gguf"):
-                _copy_gguf_tokenizer(writer, tokenizer, config.vocab_size)
-            else:
-                _add_tokenizer(writer, tokenizer, config.vocab_size)
-            for n in names:
-                kind = types[n.hf_name]
-                writer.add_tensor_info(_gguf_name(gguf_names, n.module), *_stored_layout(shapes[n.hf_name], kind),
-                                       raw_dtype=kind)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            stream = iter(tensors)
-            for n in tqdm(names, desc=f"writing {os.path.basename(path)}", disable=not progress):
-                hf_name, tensor = next(stream, (None, None))
-                if hf_name != n.hf_name:
-                    raise ExportError(f"The tensor stream gave {hf_name} where {n.hf_name} belongs.")
-                writer.write_tensor_data(_encode(hf_name, tensor, consolidated.rope_heads(n, config), types[hf_name]))
-        finally:
-            writer.close()
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    try:
+        _add_metadata(writer, config, name, file_type)
+        if tokenizer.endswith(".gguf"):
+            _copy_gguf_tokenizer(writer, tokenizer, config.vocab_size)
+        else:
+            _add_tokenizer(writer, tokenizer)
+        for n in names:
+            kind = types[n.hf_name]
+            writer.add_tensor_info(_gguf_name(gguf_names, n.module), *_stored_layout(shapes[n.hf_name], kind),
+                                   raw_dtype=kind)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        stream = iter(tensors)
+        for n in tqdm(names, desc=f"writing {name} {outtype.upper()}", disable=not progress):
+            hf_name, tensor = next(stream, (None, None))
+            if hf_name != n.hf_name:
+                raise ExportError(f"The tensor stream gave {hf_name} where {n.hf_name} belongs.")
+            writer.write_tensor_data(_encode(hf_name, tensor, consolidated.rope_heads(n, config), types[hf_name]))
+    finally:
+        writer.close()
 
 
 _NUMPY = {gguf.GGMLQuantizationType.F32: np.dtype(np.float32), gguf.GGMLQuantizationType.F16: np.dtype(np.float16)}
@@ -144,16 +165,21 @@ def _add_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str, file_
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _add_tokenizer(writer: gguf.GGUFWriter, tekken_file: str, vocab_size: int) -> None:
+def check_tokenizer(tekken_file: str, vocab_size: int) -> None:
+    """llama.cpp needs one token per row of the embedding; raises ExportError otherwise."""
+    tokens = tekken_config(tekken_file)["default_vocab_size"]
+    if tokens != vocab_size:
+        raise ExportError(f"{tekken_file} has {tokens} tokens but the model's vocabulary is {vocab_size}; "
+                          "llama.cpp needs them equal.")
+
+
+def _add_tokenizer(writer: gguf.GGUFWriter, tekken_file: str) -> None:
     """Tekken as llama.cpp's converter writes it (gguf's MistralVocab reads a directory holding tekken.json)."""
     with tempfile.TemporaryDirectory() as directory:
         shutil.copy(tekken_file, os.path.join(directory, "tekken.json"))
         vocab = MistralVocab(Path(directory))
         tokens, scores, token_types = zip(*vocab.all_tokens())
         merges = vocab.extract_vocab_merges_from_model()
-    if len(tokens) != vocab_size:
-        raise ExportError(f"{tekken_file} has {len(tokens)} tokens but the model's vocabulary is {vocab_size}; "
-                          "llama.cpp needs them equal.")
     writer.add_tokenizer_model(vocab.gguf_tokenizer_model)
     writer.add_tokenizer_pre("tekken")
     writer.add_token_list(list(tokens))
@@ -166,6 +192,7 @@ def _add_tokenizer(writer: gguf.GGUFWriter, tekken_file: str, vocab_size: int) -
     writer.add_pad_token_id(vocab.pad_id)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+    writer.add_chat_template(jinja_template(tekken_file))
 
 
 def _copy_gguf_tokenizer(writer: gguf.GGUFWriter, gguf_file: str, vocab_size: int) -> None:

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from devstral_jax.config import ModelConfig
+from devstral_jax.hf.export import bumblebee_problem
 from devstral_jax.hf.peft import Adapter
 
 
@@ -33,6 +34,8 @@ def render(config: ModelConfig, *, base_model: str, adapter: Adapter | None, kin
     lines += [""]
     lines += _section("Training data", manifest) + _section("Evaluation", evaluation)
     lines += ["## Use", ""] + _usage(kind, base_model, adapter.rank if adapter else 0)
+    if kind == "merged":
+        lines += _bumblebee(config)
     return "\n".join(front + lines) + "\n"
 
 
@@ -86,3 +89,12 @@ def _usage(kind: str, base: str, rank: int) -> list[str]:
             "vLLM: `vllm serve path/to/this/model --tokenizer-mode mistral`", "",
             "Tokenize with mistral-common's Tekken (`tekken.json`, shipped here), as Mistral recommends for "
             "Devstral.", ""]
+
+
+def _bumblebee(config: ModelConfig) -> list[str]:
+    problem = bumblebee_problem(config)
+    if problem:
+        return [f"Bumblebee: **cannot load this model yet**. {problem}", ""]
+    return ["Bumblebee (Elixir):", "", "```elixir",
+            '{:ok, model} = Bumblebee.load_model({:local, "path/to/this/model"})',
+            '{:ok, tokenizer} = Bumblebee.load_tokenizer({:local, "path/to/this/model"})', "```", ""]
