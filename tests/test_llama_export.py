@@ -52,7 +52,7 @@ def exported(trained, tmp_path_factory):
                              "--config.name=tiny-smollm2-elixir"], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return out / "tiny-smollm2-elixir" / "v1"  # exports are versioned: <out>/<name>/<version>/
 
 
 def test_peft_adapter_on_transformers_gguf_base_gives_our_logits(trained, exported):

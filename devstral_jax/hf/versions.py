@@ -53,13 +53,18 @@ def next_version(out: str | os.PathLike, name: str) -> str:
 
 def model_fingerprint(model: ModelDir) -> str:
     """sha256 over every tensor's name, dtype, shape and first and last rows: reads a few KB per tensor, yet
-    tells apart checkpoints that differ in any layer's edges (a full hash would read the whole model)."""
+    tells apart checkpoints that differ in any layer's edges (a full hash would read the whole model). A GGUF
+    base's tensors are dequantized one at a time to find their rows (GGUF bases are small models)."""
     digest = hashlib.sha256()
     for name in model.names:
         info = model.stored[name.hf_name]
-        with safe_open(info.file, framework="numpy") as f:
-            rows = f.get_slice(info.name)
-            edges = [rows[0:1], rows[info.shape[0] - 1:info.shape[0]]]
+        if model.format == "gguf":
+            tensor = model.read(name)
+            edges = [tensor[0:1], tensor[-1:]]
+        else:
+            with safe_open(info.file, framework="numpy") as f:
+                rows = f.get_slice(info.name)
+                edges = [rows[0:1], rows[info.shape[0] - 1:info.shape[0]]]
         digest.update(f"{info.name}|{info.dtype}|{info.shape}|".encode())
         for edge in edges:
             digest.update(np.ascontiguousarray(edge).tobytes())
