@@ -37,7 +37,8 @@ RUNTIME = [
 EXTRAS = {
     # Reference implementations for parity tests. torch is pinned to the CPU build on disk:
     # an unpinned torch would pull several GB of CUDA wheels.
-    "test": ["pytest>=8", "torch==2.13.0", "bitsandbytes>=0.48", "peft>=0.17", "accelerate>=1.0"],
+    "test": ["pytest>=8", "torch==2.13.0", "bitsandbytes>=0.48", "peft>=0.17", "accelerate>=1.0",
+             "google-cloud-storage>=3.0"],  # tests/test_remote_storage.py: tensorboardX writes gs:// through it
     # llama.cpp in this process: the K-quant GGUF exports, launch/serve.py and the GGUF tests. Source only on PyPI:
     # pip compiles llama.cpp (see the Makefile for the CMAKE_ARGS that keep it portable and small).
     "serve": ["llama-cpp-python[server]==0.3.36"],
@@ -46,7 +47,9 @@ EXTRAS = {
     # plugin of exactly the JAX this project pins, with its CUDA libraries (cuDNN for the cudnn kernel).
     "gpu-aot": ["jax==0.10.2", "jaxlib==0.10.2", "jax-cuda12-plugin[with-cuda]==0.10.2", "jax-cuda12-pjrt==0.10.2"],
     "tpu": ["jax[tpu]>=0.10"],
-    "gcs": ["gcsfs"],  # gs:// workdirs and data through etils.epath (Orbax and TensorStore need nothing more)
+    # gs:// workdirs and data through etils.epath (Orbax and TensorStore need nothing more); TensorBoard's event
+    # files through google-cloud-storage (tensorboardX).
+    "gcs": ["gcsfs", "google-cloud-storage>=3.0"],
 }
 
 setup(
