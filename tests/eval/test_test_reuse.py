@@ -13,13 +13,6 @@ END = "\n  end\nend\n"
 
 
 @pytest.fixture(scope="module")
-def pool():
-    """A pool of its own, so the cache states these tests reach do not depend on what other tests ran before."""
-    with ExecutionPool(2, timeout=3.0) as pool:
-        yield pool
-
-
-@pytest.fixture(scope="module")
 def whole_pool():
     with ExecutionPool(2, timeout=3.0, reuse_tests=False) as pool:
         yield pool
