@@ -1,8 +1,11 @@
 """The seeds' three-stage curriculum as one run, over one prepared corpus (here the shipped sample): continued
 pretraining on Elixir text, then instructions, then prose, each stage a mixture of record sources
 (devstral_jax/data/mixture.py) starting from the previous stage's adapters, the later ones held to the earlier
-ones by EWC (devstral_jax/train/ewc.py) and replaying some of their data. Every stage reports its forgetting on
-general (Python) code and on each stage's validation data: the table is printed at the end.
+ones by EWC (devstral_jax/train/ewc.py) and replaying some of their data. The prose stage also rehearses: before
+it, the instructions stage's model answers a sample of the instructions' prompts, and the answers whose Elixir
+parses make up 10% of its rows (devstral_jax/train/rehearsal.py; the instructions stage has none to rehearse, as
+the stage before it is text only). Every stage reports its forgetting on general (Python) code and on each
+stage's validation data: the table is printed at the end.
 
     python launch/train.py --config=configs/stages.py --workdir=runs/curriculum       # 300 steps in all
     python launch/train.py --config=configs/stages.py:30 --workdir=runs/quick         # 30 steps in all
@@ -31,11 +34,12 @@ def stages(total_steps: int) -> tuple[ml_collections.ConfigDict, ...]:
               ewc=dict(strength=100.0, schedule="warmup", warmup_steps=max(1, total_steps // 20))),
         stage("prose", 0.2, (dict(name="prose", weight=0.8, kind="text", source=("book", "elixir_guides", "otp_docs")),
                              dict(name="chat", weight=0.2, kind="chat")),
-              ewc=dict(strength=100.0, schedule="decay"), optim=dict(learning_rate=3e-3)),
+              ewc=dict(strength=100.0, schedule="decay"), optim=dict(learning_rate=3e-3), rehearsal=dict(ratio=0.1)),
     )
 
 
 def get_config(total_steps: str = "300") -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "tiny_cpu")
     config.stages = stages(int(total_steps))
+    config.rehearsal.update(prompts=16, max_new_tokens=32, batch_size=8)  # the stages that rehearse share these
     return config

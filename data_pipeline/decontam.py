@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 from data_pipeline import PipelineError
-from data_pipeline.dedup import CODE_TOKEN, code_tokens
+from devstral_jax.data.near_duplicates import CODE_TOKEN, code_tokens
 from devstral_jax.eval.benchmarks import Problem, load_problems
 
 # Tokens every MultiPL-E Elixir problem has (its module, `candidate`, the ExUnit script) and Elixir keywords.

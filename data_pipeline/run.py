@@ -37,7 +37,7 @@ from data_pipeline.books import BookError, book_chapters
 from data_pipeline.checkpoint import UnitStore, changes, code_version, key, unit_settings
 from data_pipeline.config import validate
 from data_pipeline.decontam import Decontaminator, Fingerprint, Hit, load_benchmarks
-from data_pipeline.dedup import NearDuplicates, exact_key
+from data_pipeline.dedup import exact_key
 from data_pipeline.doctest_check import Check, CheckConfig, Verdicts
 from data_pipeline.doctest_check import facts as doctest_facts
 from data_pipeline.filters import FilterConfig, decode, elide_long_literals, rejection
@@ -59,6 +59,7 @@ from data_pipeline.sources.safe_tar import TarLimits
 from data_pipeline.verify import Verified, VerifyConfig
 from data_pipeline.verify import facts as verify_facts
 from data_pipeline.verify import verify as verify_kinds
+from devstral_jax.data.near_duplicates import NearDuplicates
 from devstral_jax.data.records import Record, Source
 from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, parser_pool
 from devstral_jax.elixir.worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout

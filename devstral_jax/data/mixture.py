@@ -12,6 +12,9 @@ every source's iterator position are Grain state, which the trainer saves with e
 continues the same interleaving. A tally after the mixer counts each source's real (non-padding) tokens and
 puts the running totals into every batch as `tokens_by_source`, so the trainer can log them; the totals are
 part of the iterator state too, so they survive a resume.
+
+Rehearsal records (a model's own answers, task `rehearsal`) enter only a source whose `task` names them, so no
+other source trains on them unweighted.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import grain
 import numpy as np
 
-from devstral_jax.data.records import Record
+from devstral_jax.data.records import REHEARSAL_TASK, Record
 from devstral_jax.errors import ConfigError
 
 FILTERS = ("kind", "task", "source", "package")
@@ -39,6 +42,8 @@ class MixtureSource:
     package: tuple[str, ...] = ()
 
     def admits(self, record: Record) -> bool:
+        if record.task == REHEARSAL_TASK and REHEARSAL_TASK not in self.task:
+            return False
         values = dict(kind=record.kind, task=record.task, source=record.source.kind, package=record.source.package)
         return all(not allowed or values[name] in allowed for name, allowed in self.filters().items())
 

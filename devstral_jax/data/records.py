@@ -16,6 +16,9 @@ Records made from a document (a guide, a Livebook notebook, a book) also carry `
 they come from (title, heading path, order, position 0..1, chapter, pages), what its code blocks are (language,
 whether the real Elixir parses them, the modules, calls and constructs they use) and which concepts the
 document's code first uses there. Records from source files have none.
+
+Records whose answer a model wrote (self-synthesized rehearsal, task `rehearsal`) carry `generated`: the record
+whose prompt was answered, and the stage, checkpoint step and sampling settings of the model that answered it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from devstral_jax.errors import RecordError
 KINDS = ("text", "chat", "fim")
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "validation")
+REHEARSAL_TASK = "rehearsal"  # a model's own answer to an earlier stage's prompt (devstral_jax/train/rehearsal.py)
 _PAYLOAD_FIELDS = {"text": ("text",), "chat": ("messages",), "fim": ("prefix", "suffix", "middle")}
 
 
@@ -86,6 +90,30 @@ class Place:
 
 
 @dataclasses.dataclass(frozen=True)
+class Generated:
+    """Where a model-written answer comes from: what it answered, and which model wrote it how."""
+
+    record: str  # the id of the record whose prompt was answered
+    task: str  # that record's task
+    stage: str  # the stage whose final model answered
+    step: int  # that model's checkpoint step
+    sampling: dict[str, Any]  # max_new_tokens, temperature, top_k, top_p, seed
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Generated:
+        try:
+            generated = cls(**data)
+        except TypeError as error:
+            raise RecordError(f"bad generated {data!r} ({error}).") from None
+        if not (all(isinstance(v, str) and v for v in (generated.record, generated.task, generated.stage))
+                and isinstance(generated.step, int) and not isinstance(generated.step, bool) and generated.step >= 0
+                and isinstance(generated.sampling, dict)):
+            raise RecordError(f"generated needs record, task and stage names, a step >= 0 and the sampling "
+                              f"settings, got {data!r}.")
+        return generated
+
+
+@dataclasses.dataclass(frozen=True)
 class Message:
     role: str
     content: str
@@ -104,6 +132,7 @@ class Record:
     suffix: str | None = None
     middle: str | None = None
     place: Place | None = None  # records made from a document (guides, notebooks, books)
+    generated: Generated | None = None  # records whose answer a model wrote (rehearsal)
 
     def __post_init__(self):
         validate(self)
@@ -132,6 +161,8 @@ class Record:
             out[name] = [dataclasses.asdict(m) for m in value] if name == "messages" else value
         if self.place is not None:
             out["place"] = self.place.to_dict()
+        if self.generated is not None:
+            out["generated"] = dataclasses.asdict(self.generated)
         return out
 
     def to_json(self) -> str:
@@ -144,7 +175,7 @@ class Record:
         kind = data.get("kind")
         if kind not in KINDS:
             raise RecordError(f"Record {data.get('id')!r}: kind must be one of {KINDS}, got {kind!r}.")
-        allowed = {"id", "kind", "task", "split", "source", "place", *_PAYLOAD_FIELDS[kind]}
+        allowed = {"id", "kind", "task", "split", "source", "place", "generated", *_PAYLOAD_FIELDS[kind]}
         if unknown := set(data) - allowed:
             raise RecordError(f"Record {data.get('id')!r} ({kind}): unexpected fields {sorted(unknown)}.")
         if missing := {"id", "task", "source", *_PAYLOAD_FIELDS[kind]} - set(data):
@@ -158,6 +189,11 @@ class Record:
         if data.get("place") is not None:
             try:
                 fields["place"] = Place.from_dict(data["place"])
+            except RecordError as error:
+                raise RecordError(f"Record {data['id']!r}: {error}") from None
+        if data.get("generated") is not None:
+            try:
+                fields["generated"] = Generated.from_dict(data["generated"])
             except RecordError as error:
                 raise RecordError(f"Record {data['id']!r}: {error}") from None
         if kind == "chat":
@@ -206,6 +242,8 @@ def validate(record: Record) -> None:
         _validate_messages(where, record.messages)
     if record.place is not None:
         _validate_place(where, record.place)
+    if record.generated is not None and not isinstance(record.generated, Generated):
+        raise RecordError(f"{where}: generated must be a Generated, got {record.generated!r}.")
 
 
 def _validate_messages(where: str, messages: Any) -> None:

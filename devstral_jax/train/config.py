@@ -13,7 +13,7 @@ import ml_collections
 
 from devstral_jax.config import preset, to_config_dict
 from devstral_jax.errors import ConfigError
-from devstral_jax.train import ewc, optim
+from devstral_jax.train import ewc, optim, rehearsal
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     ))
     config.optim = optim.default_config()
     config.ewc = ewc.default_config()  # Elastic Weight Consolidation in later stages (devstral_jax/train/ewc.py)
+    config.rehearsal = rehearsal.default_config()  # self-synthesized rehearsal in later stages (train/rehearsal.py)
     config.train = ml_collections.ConfigDict(dict(
         steps=100,  # the run's length (the learning-rate schedule's horizon)
         stop_at=0,  # >0: checkpoint and stop at this step (resume later with the same config); 0: run to `steps`
@@ -62,7 +63,8 @@ _AT_LEAST = {"data.seq_len": 1, "data.batch_size": 1, "data.microbatches": 1, "d
              "data.worker_count": 0, "train.steps": 1, "train.stop_at": 0, "train.loss_chunk": 1,
              "train.log_every": 1, "train.eval_every": 1, "train.eval_batches": 1, "train.checkpoint_every": 1,
              "train.keep_checkpoints": 1, "train.max_bad_steps": 1, "train.dead_steps": 0,
-             "optim.warmup_steps": 0}
+             "optim.warmup_steps": 0, "rehearsal.prompts": 1, "rehearsal.max_new_tokens": 1,
+             "rehearsal.batch_size": 1}
 
 
 def validate(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict | None = None,
@@ -87,6 +89,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{name}={value!r}: must be a whole number of at least {least}.")
     if not config.optim.learning_rate >= 0:
         raise ConfigError(f"config.optim.learning_rate={config.optim.learning_rate!r}: must be 0 or more.")
+    rehearsal.check_config(config)
 
 
 def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:

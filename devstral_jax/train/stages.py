@@ -4,6 +4,8 @@ the previous stage's final adapters (and its optimizer state with `train.keep_op
 for the base before the first, the forgetting probes (forgetting.py) are measured; the table is written to
 `workdir/forgetting.{md,json,png}` and returned. When a later stage has `ewc.strength > 0`, each stage before it
 leaves an EWC anchor (ewc.py: its Fisher accumulated online, and its adapters) that the next stage is held to.
+A stage with `rehearsal.ratio > 0` first has the previous stage's model answer earlier stages' prompts, and mixes
+the answers that hold up into its data (rehearsal.py).
 
 Rerunning the command skips finished stages and resumes the unfinished one; a stage stopped early (SIGTERM or
 `train.stop_at`) ends the call there.
@@ -25,7 +27,7 @@ from devstral_jax.data.mixture import TALLY
 from devstral_jax.data.pipeline import DataSpec, make_dataset
 from devstral_jax.errors import TrainingError
 from devstral_jax.train import config as train_config
-from devstral_jax.train import ewc, fisher, forgetting, trainer
+from devstral_jax.train import ewc, fisher, forgetting, rehearsal, trainer
 from devstral_jax.train.step import make_eval_step
 
 
@@ -53,11 +55,15 @@ def train_stages(config: ml_collections.ConfigDict, workdir: str) -> trainer.Tra
     models = _StageModels(config)
     table = {"base": models.perplexities(probes)}
     previous, result = config.train.init_adapters_from, None
+    done: list[tuple[str, ml_collections.ConfigDict]] = []  # the stages before this one, for rehearsal
     ewc_later = [any(c.ewc.strength > 0 for c in list(configs.values())[i + 1:]) for i in range(len(configs))]
     for (name, stage_config), needs_anchor in zip(configs.items(), ewc_later):
         stage_config.train.init_adapters_from = previous
         stage_config.ewc.anchor_from = previous if stage_config.ewc.strength > 0 else ""
         logging.info("Stage %s", name)
+        if stage_config.rehearsal.ratio > 0:
+            rehearsal.prepare(name, stage_config, [c for _, c in done], os.path.join(workdir, name),
+                              done[-1][0] if done else "", previous, models)
         result = trainer.train_run(stage_config, os.path.join(workdir, name))
         if result.last_step < stage_config.train.steps:
             return result
@@ -65,6 +71,7 @@ def train_stages(config: ml_collections.ConfigDict, workdir: str) -> trainer.Tra
         if needs_anchor:
             models.write_anchor(stage_config, result.workdir, previous)
         previous = result.workdir
+        done.append((name, stage_config))
     result.summary = forgetting.write_report(table, os.path.abspath(workdir))
     return result
 

@@ -36,7 +36,7 @@ from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
 from devstral_jax.data import mixture
 from devstral_jax.data.pipeline import DataSpec, make_dataset
-from devstral_jax.errors import CheckpointError, TrainingError
+from devstral_jax.errors import CheckpointError, ConfigError, TrainingError
 from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
@@ -153,6 +153,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         from devstral_jax.train.stages import train_stages  # stages.py builds on this module
 
         return train_stages(config, workdir)
+    if config.rehearsal.ratio > 0:
+        raise ConfigError("config.rehearsal.ratio is set on a single-stage run: rehearsal replays an earlier "
+                          "stage's prompts, so set it on a later stage of `config.stages`.")
     return train_run(config, workdir)
 
 

@@ -10,9 +10,10 @@ from conftest import BENCHMARK, FIXTURES
 from datasketch import MinHash
 
 from data_pipeline.decontam import MAX_SPAN_CHARS, Decontaminator, informative, load_benchmarks, normalize
-from data_pipeline.dedup import CODE_TOKEN, NearDuplicates, code_tokens, exact_key
+from data_pipeline.dedup import exact_key
 from data_pipeline.filters import FilterConfig, rejection
 from data_pipeline.run import run
+from devstral_jax.data.near_duplicates import CODE_TOKEN, NearDuplicates, code_tokens
 from devstral_jax.eval.benchmarks import HUMANEVAL_EX, load_problems, read_jsonl
 
 FUNCTIONS = [
