@@ -101,6 +101,10 @@ class Difficulty:
     clauses: int  # function clauses plus `->` clauses
     otp: int  # OTP constructs: use/@behaviour, receive, spawn, send, behaviour callbacks, GenServer.call, ...
 
+    def within(self, low: float, high: float) -> bool:
+        """Whether the score is in [low, high) (a band ending at 1 includes 1): difficulty bands tile [0, 1]."""
+        return low <= self.score < high or self.score == high == 1.0
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -1063,15 +1063,17 @@ defmodule SourceReader do
   # the deepest nesting of blocks (module and function definitions, fn, case, cond, with, if, unless, receive,
   # try, for, quote); "functions": the named functions it defines (by name and arity); "clauses": their
   # clauses plus every `->` clause (fn, case, cond, receive, with's else, try's rescue); "otp": its OTP
-  # constructs: `use` of an OTP behaviour, @behaviour, receive, spawn*, send, the behaviour callbacks it
-  # defines (init, handle_*, terminate, code_change) and its calls into GenServer, Supervisor, Agent, Task,
-  # Registry, Process, ... and :gen_server, :gen_statem, :supervisor, :proc_lib.
+  # constructs: `use` of an OTP behaviour (GenServer, Supervisor, Agent, Task, Application, ...), @behaviour,
+  # receive, spawn*, send, the behaviour callbacks it defines (init, handle_*, terminate, code_change) and its
+  # calls into the process modules (GenServer, Supervisor, Agent, Task, Registry, Process, ...) and
+  # :gen_server, :gen_statem, :supervisor, :proc_lib.
   @nesting_forms @def_kinds ++
                    [:defmodule, :defprotocol, :defimpl, :fn, :case, :cond, :with, :if, :unless, :receive] ++
                    [:try, :for, :quote]
-  @otp_modules [:GenServer, :Supervisor, :DynamicSupervisor, :Agent, :Task, :Registry, :Process, :Application] ++
-                 [:GenStage, :GenEvent, :PartitionSupervisor, :Node]
-  @otp_erlang [:gen_server, :gen_statem, :gen_event, :supervisor, :proc_lib, :application]
+  @otp_modules [:GenServer, :Supervisor, :DynamicSupervisor, :Agent, :Task, :Registry, :Process, :Node] ++
+                 [:GenStage, :GenEvent, :PartitionSupervisor]
+  @otp_behaviours [:Application | @otp_modules]
+  @otp_erlang [:gen_server, :gen_statem, :gen_event, :supervisor, :proc_lib]
   @otp_forms [:receive, :spawn, :spawn_link, :spawn_monitor, :send]
   @otp_callbacks [:init, :handle_call, :handle_cast, :handle_info, :handle_continue, :handle_event] ++
                    [:terminate, :code_change]
@@ -1116,7 +1118,7 @@ defmodule SourceReader do
       {:->, _, _} ->
         %{acc | clauses: acc.clauses + 1}
 
-      {:use, _, [{:__aliases__, _, [name | _]} | _]} when name in @otp_modules ->
+      {:use, _, [{:__aliases__, _, [name | _]} | _]} when name in @otp_behaviours ->
         %{acc | otp: acc.otp + 1}
 
       {:@, _, [{:behaviour, _, _}]} ->
