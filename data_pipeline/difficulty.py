@@ -65,9 +65,8 @@ def _code_blocks(text: str) -> list[str]:
 
 def combine(tokens: int, pieces: list[CodeMetrics]) -> Difficulty:
     """The record's difficulty from its token count and its pieces' AST figures."""
-    counts = {"tokens": tokens, "nodes": sum(p.nodes for p in pieces), "depth": max((p.depth for p in pieces), default=0),
-              "functions": sum(p.functions for p in pieces), "clauses": sum(p.clauses for p in pieces),
-              "otp": sum(p.otp for p in pieces)}
+    counts = {"tokens": tokens, "depth": max((p.depth for p in pieces), default=0),
+              **{name: sum(getattr(p, name) for p in pieces) for name in ("nodes", "functions", "clauses", "otp")}}
     score = sum(weight * _scaled(name, counts[name], full) for name, (full, weight) in SCALE.items())
     return Difficulty(score=round(min(1.0, score), 6), **counts)
 

@@ -13,7 +13,7 @@ from devstral_jax.data.pipeline import DataSpec, make_dataset, read_records
 from devstral_jax.errors import ConfigError, DataError
 from devstral_jax.tokenizers import TekkenTokenizer, Tokenizer
 from devstral_jax.train import config as train_config
-from devstral_jax.train.metrics_log import read_metrics
+from tests.train_helpers import assert_resumes_exactly, straight_and_resumed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "devstral_jax", "data", "sample", "sample.jsonl")
@@ -73,17 +73,7 @@ def test_a_resumed_iterator_admits_exactly_the_rows_of_an_uninterrupted_one(mixe
                                                                              "kind": "chat"})) if mixed else ()
     spec = _spec("root", mixture=mixture)
     straight = [batch for _, batch in zip(range(16), make_dataset(spec, tokenizer))]
-    first = iter(make_dataset(spec, tokenizer))
-    for _ in range(6):
-        next(first)
-    state = json.loads(json.dumps(first.get_state()))  # as the checkpoint stores it
-    resumed = iter(make_dataset(spec, tokenizer))
-    resumed.set_state(state)
-    for expected in straight[6:]:
-        got = next(resumed)
-        assert got.keys() == expected.keys()
-        for key in expected:
-            np.testing.assert_array_equal(got[key], expected[key])
+    assert_resumes_exactly(lambda: make_dataset(spec, tokenizer), straight, 6)
     if mixed:  # the sources keep their weights under the curriculum
         tokens = straight[-1][SOURCE_TALLY]
         assert abs(tokens[0] / tokens.sum() - 0.75) < 0.05, tokens
@@ -133,25 +123,10 @@ def test_the_default_curriculum_is_off_and_a_good_one_validates():
 
 
 def test_the_trainer_logs_and_plots_the_curriculum_and_a_resumed_run_admits_the_same_rows(tmp_path):
-    from devstral_jax.train.config import sibling_config
-    from devstral_jax.train.trainer import train
-
-    def config(**train_overrides):
-        c = sibling_config(os.path.join(ROOT, "configs", "x.py"), "tiny_cpu")
-        c.model.num_layers = 1
-        c.data.update(seq_len=64, batch_size=8, train_paths=(SAMPLE,), validation_paths=(SAMPLE,))
-        c.data.curriculum.update(pacing="baby_steps", start=0.15, buckets=EDGES)
-        c.train.update(steps=6, loss_chunk=64, log_every=1, eval_every=6, eval_batches=1, checkpoint_every=3,
-                       async_checkpoint=False, **train_overrides)
-        return c
-
-    train(config(), str(tmp_path / "straight"))
-    train(config(stop_at=3), str(tmp_path / "resumed"))
-    train(config(), str(tmp_path / "resumed"))
-    logged = {}
-    for run in ("straight", "resumed"):
-        logged[run] = {r["step"]: {k: v for k, v in r.items() if k.startswith(("batch_crc32", ADMITTED, "tokens_seen"))}
-                       for r in read_metrics(str(tmp_path / run / "metrics.jsonl")) if "loss" in r}
+    runs = straight_and_resumed(str(tmp_path), lambda c: c.data.curriculum.update(pacing="baby_steps", start=0.15,
+                                                                                  buckets=EDGES))
+    logged = {run: {step: {k: v for k, v in r.items() if k.startswith(("batch_crc32", ADMITTED, "tokens_seen"))}
+                    for step, r in records.items()} for run, records in runs.items()}
     assert logged["straight"] == logged["resumed"]  # the same rows (crc of each batch), difficulty and tallies
     admitted = [logged["straight"][step][ADMITTED] for step in range(1, 7)]
     assert admitted[0] < 1.0 and admitted[-1] == 1.0 and admitted == sorted(admitted)

@@ -7,13 +7,13 @@
 A source admits the records whose fields match all of its filters (`kind`, `task`, `source` = the source's
 kind, `package`; a filter is one value or a tuple of values; empty admits any) and, with `difficulty=(low, high)`,
 whose difficulty score (records.Difficulty, set by the data pipeline) is in [low, high) (a band ending at 1
-includes 1); a record without a score under a difficulty filter is an error, never silently left out. Each source is tokenized and
-packed into rows of its own, and Grain's `IterDataset.mix` interleaves the rows in the weights' proportions,
-so a source's weight is its share of the rows (every row is `seq_len` token slots). The mixer's position and
-every source's iterator position are Grain state, which the trainer saves with each checkpoint: a resumed run
-continues the same interleaving. A tally after the mixer counts each source's real (non-padding) tokens and
-puts the running totals into every batch as `tokens_by_source`, so the trainer can log them; the totals are
-part of the iterator state too, so they survive a resume.
+includes 1); a record without a score under a difficulty filter is an error, never silently left out. Each
+source is tokenized and packed into rows of its own, and Grain's `IterDataset.mix` interleaves the rows in the
+weights' proportions, so a source's weight is its share of the rows (every row is `seq_len` token slots). The
+mixer's position and every source's iterator position are Grain state, which the trainer saves with each
+checkpoint: a resumed run continues the same interleaving. A tally after the mixer (tally.py) counts each
+source's real (non-padding) tokens and puts the running totals into every batch as `tokens_by_source`, so the
+trainer can log them; the totals are part of the iterator state too, so they survive a resume.
 """
 
 from __future__ import annotations

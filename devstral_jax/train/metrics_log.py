@@ -1,6 +1,7 @@
 """Where training metrics go: `metrics.jsonl` (one JSON object per line), TensorBoard, and PNGs at the end: the
-loss curves, and for a curriculum the admitted difficulty and the tokens seen per difficulty bucket. The workdir may be a bucket URL: there metrics.jsonl, which an object store cannot append
-to, is written whole each time (it is small)."""
+loss curves, and for a curriculum the admitted difficulty and the tokens seen per difficulty bucket. The workdir
+may be a bucket URL: there metrics.jsonl, which an object store cannot append to, is written whole each time (it
+is small)."""
 
 from __future__ import annotations
 
