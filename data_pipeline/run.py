@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator
 import ml_collections
 from tqdm import tqdm
 
-from data_pipeline import PipelineError, secret_filter
+from data_pipeline import PipelineError, difficulty, secret_filter
 from data_pipeline import manifest as manifest_lib
 from data_pipeline.books import BookError, book_chapters
 from data_pipeline.checkpoint import UnitStore, changes, code_version, key, unit_settings
@@ -80,6 +80,10 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         doctests = doctest_check.verdicts(store.results(listed))
     verified = verify_kinds(VerifyConfig(**config.verify), config.instruct.max_context_chars, config.seed,
                             config.workers, output, store.results(listed), doctests.dropped, pipeline["elixir_version"])
+    if verified.added:  # records made by running packages: scored here, the files' own were scored when made
+        with parser_pool(config.workers) as pool:
+            for where, records in verified.added.items():
+                verified.added[where] = difficulty.scored(pool, records, [_tokens(_tekken(), r) for r in records])
     return assemble(config, output, store, listed, failures, {**pipeline, "redone_units": redone}, screening,
                     doctests, verified)
 
@@ -282,10 +286,8 @@ def _file_entry(source: Source, text: str, context: _Context) -> dict[str, Any]:
         return {"path": source.path, "status": "skipped", "reason": f"parser failed: {str(error).splitlines()[0]}",
                 **secrets}
     made = file_records(source, text, parsed, context.instruct)
-    tokenizer = context.tokenizer.result()
     return {"path": source.path, "status": "kept", "reason": "", **secrets,
-            "records": [{"record": r.to_dict(), "tokens": _tokens(tokenizer, r)} for r in made.records],
-            **doctest_facts(made), **verify_facts(made)}
+            "records": _record_entries(made.records, context), **doctest_facts(made), **verify_facts(made)}
 
 
 def _book_entries(unit: Unit, fetched: Fetched, licence: str, context: _Context) -> list[dict[str, Any]]:
@@ -304,8 +306,14 @@ def _book_entries(unit: Unit, fetched: Fetched, licence: str, context: _Context)
 def _made_entry(path: str, made: Made, context: _Context, secrets: dict[str, Any]) -> dict[str, Any]:
     """A document's (or a book chapter's) entry: its records with their token counts, and its prose figures."""
     return {"path": path, "status": "kept", "reason": "", **secrets, "prose": made.facts,
-            "records": [{"record": r.to_dict(), "tokens": _tokens(context.tokenizer.result(), r)}
-                        for r in made.records]}
+            "records": _record_entries(made.records, context)}
+
+
+def _record_entries(records: list[Record], context: _Context) -> list[dict[str, Any]]:
+    """The records of a file entry, each with its difficulty (difficulty.py) and its Tekken token count."""
+    tokens = [_tokens(context.tokenizer.result(), r) for r in records]
+    return [{"record": r.to_dict(), "tokens": n}
+            for r, n in zip(difficulty.scored(context.pool, records, tokens), tokens)]
 
 
 def _secrets(scan: secret_filter.Scan) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 """Data mixtures: weighted sources over the shipped sample, token shares, exact resume, per-source tallies logged."""
 
-import json
 import os
 
 import numpy as np
@@ -10,7 +9,7 @@ from devstral_jax.data.mixture import TALLY, parse_mixture
 from devstral_jax.data.pipeline import DataSpec, make_dataset, read_records
 from devstral_jax.tokenizers import TekkenTokenizer, Tokenizer
 from devstral_jax.errors import ConfigError
-from devstral_jax.train.metrics_log import read_metrics
+from tests.train_helpers import assert_resumes_exactly, straight_and_resumed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "devstral_jax", "data", "sample", "sample.jsonl")
@@ -35,17 +34,7 @@ def test_three_to_one_gives_75_25_token_shares_over_10k_rows_and_resumes_exactly
     # The tally counts exactly the real tokens of the rows it saw.
     assert tokens.sum() == sum(int(np.count_nonzero(b["segment_ids"])) for b in straight)
 
-    first = iter(make_dataset(_spec(), tokenizer))
-    for _ in range(37):
-        next(first)
-    state = json.loads(json.dumps(first.get_state()))  # as the checkpoint stores it
-    resumed = iter(make_dataset(_spec(), tokenizer))
-    resumed.set_state(state)
-    for expected in straight[37:]:
-        got = next(resumed)
-        assert got.keys() == expected.keys()
-        for key in expected:
-            np.testing.assert_array_equal(got[key], expected[key])
+    assert_resumes_exactly(lambda: make_dataset(_spec(), tokenizer), straight, 37)
 
 
 def test_each_source_reads_only_the_records_its_filters_admit(tokenizer):
@@ -79,25 +68,9 @@ def test_a_source_that_admits_nothing_is_a_config_error(tokenizer):
 
 
 def test_trainer_logs_tokens_per_source_and_a_resumed_run_continues_the_tally(tmp_path):
-    from devstral_jax.train.config import sibling_config
-    from devstral_jax.train.trainer import train
-
-    def config(**train_overrides):
-        c = sibling_config(os.path.join(ROOT, "configs", "x.py"), "tiny_cpu")
-        c.model.num_layers = 1
-        c.data.update(seq_len=64, batch_size=8, train_paths=(SAMPLE,), validation_paths=(SAMPLE,),
-                      mixture=THREE_TO_ONE)
-        c.train.update(steps=6, loss_chunk=64, log_every=1, eval_every=6, eval_batches=1, checkpoint_every=3,
-                       async_checkpoint=False, **train_overrides)
-        return c
-
-    train(config(), str(tmp_path / "straight"))
-    train(config(stop_at=3), str(tmp_path / "resumed"))
-    train(config(), str(tmp_path / "resumed"))
-    logged = {}
-    for run in ("straight", "resumed"):
-        records = read_metrics(str(tmp_path / run / "metrics.jsonl"))
-        logged[run] = {r["step"]: (r["tokens_seen/docs"], r["tokens_seen/chat"]) for r in records if "loss" in r}
+    runs = straight_and_resumed(str(tmp_path), lambda c: c.data.update(mixture=THREE_TO_ONE))
+    logged = {run: {step: (r["tokens_seen/docs"], r["tokens_seen/chat"]) for step, r in records.items()}
+              for run, records in runs.items()}
     assert logged["straight"] == logged["resumed"]
     totals = [sum(logged["straight"][step]) for step in range(1, 7)]
     assert all(b > a for a, b in zip(totals, totals[1:]))  # running totals

@@ -33,3 +33,7 @@ def test_three_stage_run_completes_with_mixtures_and_ewc_and_prints_the_forgetti
     assert all("tokens_seen/chat" in r and "tokens_seen/elixir_text" in r for r in trained)
     assert any(r["ewc_penalty"] > 0 for r in trained[1:])  # the adapters moved away from the anchor
     assert "ewc_penalty" not in read_metrics(str(workdir / "cpt" / "metrics.jsonl"))[0]
+    # CPT admits its data from easy to hard (the curriculum), and plots it.
+    admitted = [r["admitted_difficulty"] for r in read_metrics(str(workdir / "cpt" / "metrics.jsonl")) if "loss" in r]
+    assert admitted == sorted(admitted) and admitted[0] < 1.0
+    assert (workdir / "cpt" / "curriculum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

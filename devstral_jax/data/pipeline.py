@@ -40,8 +40,9 @@ import xxhash
 from array_record.python.array_record_module import ArrayRecordReader
 from etils import epath
 
-from devstral_jax.data import mixture
+from devstral_jax.data import curriculum, mixture
 from devstral_jax.data.records import Record, RecordError
+from devstral_jax.data.tally import Tallied
 from devstral_jax.data.tokenize import training_windows
 from devstral_jax.errors import DataError
 from devstral_jax.tokenizers import Tokenizer
@@ -49,6 +50,7 @@ from devstral_jax.storage import file_hash, files_under, is_remote
 
 MAX_WINDOWS_PER_RECORD = 256  # a record longer than this many rows is cut (and counted in the log)
 FEATURES = ("inputs", "targets", "loss_mask")
+STEP_INPUTS = (*FEATURES, "segment_ids", "positions")  # what the train step reads of a batch (the rest is for the log)
 # Grain reads without read-ahead; each shard's record index stays in the file instead of in memory.
 READER_OPTIONS = {"index_storage_option": "offloaded", "footer_prefetch_bytes": "0"}
 _SAMPLE_BYTES = 1 << 16  # of a file's head: with its size, what tells two shards apart before reading them whole
@@ -68,6 +70,8 @@ class DataSpec:
     worker_count: int = 0  # >0: multiprocess prefetch (Grain mp_prefetch)
     # Non-empty: train on these sources mixed by weight (mixture.py); validation reads their union, unmixed.
     mixture: tuple[mixture.MixtureSource, ...] = ()
+    # Set: training admits records from easy to hard (curriculum.py), inside each mixture source; validation reads all.
+    curriculum: curriculum.Curriculum | None = None
 
 
 # --- which files -----------------------------------------------------------------------------------------------
@@ -241,15 +245,23 @@ class _ToWindows(grain_exp.FlatMapTransform):
 
 
 def _to_step_batch(rows: dict[str, np.ndarray], microbatches: int) -> dict[str, np.ndarray]:
-    """Grain's packed features -> the train step's batch, shaped [microbatches, rows, seq] (plus a mixture's
-    running token tally, as of the batch's last row)."""
+    """Grain's packed features -> the train step's batch, shaped [microbatches, rows, seq] (plus the running
+    token tallies of a mixture and a curriculum, as of the batch's last row, and the highest admitted difficulty)."""
     batch = {name: rows[name] for name in FEATURES}
     batch["segment_ids"] = rows["inputs_segment_ids"]
     batch["positions"] = rows["inputs_positions"]
     batch = {k: v.reshape(microbatches, -1, *v.shape[1:]).astype(np.int32) for k, v in batch.items()}
-    if mixture.TALLY in rows:
-        batch[mixture.TALLY] = rows[mixture.TALLY][-1]
+    for tally in (mixture.TALLY, curriculum.TALLY):
+        if tally in rows:
+            batch[tally] = rows[tally][-1]
+    if curriculum.ADMITTED in rows:
+        batch[curriculum.ADMITTED] = rows[curriculum.ADMITTED].max()
     return batch
+
+
+def step_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of a batch that the train step reads."""
+    return {name: batch[name] for name in STEP_INPUTS}
 
 
 def _packed_rows(records: grain.MapDataset, spec: DataSpec, tokenizer: Tokenizer, seed: int, process_index: int,
@@ -282,30 +294,49 @@ def _selected(records: grain.MapDataset, indices: list[int]) -> grain.MapDataset
     return grain.MapDataset.source(indices).map(_Indexed(records))
 
 
+def _training_rows(records: grain.MapDataset, indices: list[int] | None, spec: DataSpec, tokenizer: Tokenizer,
+                   seed: int, share: float, process_index: int, process_count: int) -> grain.IterDataset:
+    """The packed rows of the records at `indices` (a mixture source's; None: all), paced by the curriculum if
+    any; `share` is this stream's share of the training rows."""
+    if spec.curriculum is None:
+        selection = records if indices is None else _selected(records, indices)
+        return _packed_rows(selection, spec, tokenizer, seed, process_index, process_count)
+    everything = range(len(records)) if indices is None else indices
+    buckets, tokens = curriculum.bucket_indices(records, everything, spec.curriculum)
+    bucket_rows = [_packed_rows(_selected(records, chosen), spec, tokenizer, seed + 7919 * (k + 1), process_index,
+                                process_count) if chosen else None for k, chosen in enumerate(buckets)]
+    return curriculum.CurriculumDataset(bucket_rows, tokens, spec.curriculum, spec.batch_size // process_count, share,
+                                        seed)
+
+
 def make_dataset(spec: DataSpec, tokenizer: Tokenizer, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
     """The batches of `spec` for this process: dicts of int32 `[microbatches, rows, seq_len]` arrays
-    (`inputs`, `targets`, `loss_mask`, `segment_ids`, `positions`), and for a training mixture the running
-    `tokens_by_source` tally."""
+    (`inputs`, `targets`, `loss_mask`, `segment_ids`, `positions`); for a training mixture the running
+    `tokens_by_source` tally, for a training curriculum `tokens_by_bucket` and `admitted_difficulty`."""
     if spec.batch_size % (spec.microbatches * process_count):
         raise DataError(f"batch_size {spec.batch_size} must divide into {spec.microbatches} microbatches on "
                         f"{process_count} process(es).")
     records = record_source(spec.paths, spec.split)
-    if not spec.mixture:
+    if spec.split != "train":
+        if spec.mixture:
+            records = _selected(records, mixture.admitted_indices(records, spec.mixture))
+            if not len(records):
+                raise DataError(f"None of the {spec.split} records is admitted by the mixture's sources "
+                                f"{[s.name for s in spec.mixture]}: add {spec.split} records of those kinds.")
         rows = _packed_rows(records, spec, tokenizer, spec.seed, process_index, process_count)
-    elif spec.split != "train":
-        admitted = _selected(records, mixture.admitted_indices(records, spec.mixture))
-        if not len(admitted):
-            raise DataError(f"None of the {spec.split} records is admitted by the mixture's sources "
-                            f"{[s.name for s in spec.mixture]}: add {spec.split} records of those kinds.")
-        rows = _packed_rows(admitted, spec, tokenizer, spec.seed, process_index, process_count)
+    elif not spec.mixture:
+        rows = _training_rows(records, None, spec, tokenizer, spec.seed, 1.0, process_index, process_count)
     else:
         selected = mixture.source_indices(records, spec.mixture)
+        total_weight = sum(source.weight for source in spec.mixture)
         rows = mixture.mix_rows({
-            source.name: _packed_rows(_selected(records, selected[source.name]), spec, tokenizer, spec.seed + index,
-                                      process_index, process_count).map(
-                                          functools.partial(mixture.with_source, index=index))
+            source.name: _training_rows(records, selected[source.name], spec, tokenizer, spec.seed + index,
+                                        source.weight / total_weight, process_index, process_count).map(
+                                            functools.partial(mixture.with_source, index=index))
             for index, source in enumerate(spec.mixture)}, spec.mixture)
+    if spec.curriculum is not None and spec.split == "train":  # after the mixer: the buckets' totals over sources
+        rows = Tallied(rows, curriculum.BUCKET, curriculum.TALLY, spec.curriculum.num_buckets)
     batches = rows.batch(spec.batch_size // process_count, drop_remainder=True).map(
         functools.partial(_to_step_batch, microbatches=spec.microbatches))
     if spec.worker_count:

@@ -19,6 +19,10 @@ document's code first uses there. Records from source files have none.
 
 Records whose answer a model wrote (self-synthesized rehearsal, task `rehearsal`) carry `generated`: the record
 whose prompt was answered, and the stage, checkpoint step and sampling settings of the model that answered it.
+
+Records may carry `difficulty`: how hard the record is, a score in [0, 1] with the components it combines (the
+real Elixir AST's size, nesting, functions, clauses and OTP constructs, and the token length), which the data
+pipeline computes (data_pipeline/difficulty.py) and curricula and mixtures read. Records without it still load.
 """
 
 from __future__ import annotations
@@ -114,6 +118,33 @@ class Generated:
 
 
 @dataclasses.dataclass(frozen=True)
+class Difficulty:
+    """How hard a record is (data_pipeline/difficulty.py says how each figure is measured and combined)."""
+
+    score: float  # 0..1, the weighted combination of the components below
+    tokens: int  # Tekken tokens of the record's text
+    nodes: int  # AST nodes of its code
+    depth: int  # the deepest nesting of blocks (defmodule, def, fn, case, cond, with, if, receive, try, for, ...)
+    functions: int  # named functions defined
+    clauses: int  # function clauses plus `->` clauses
+    otp: int  # OTP constructs: use/@behaviour, receive, spawn, send, behaviour callbacks, GenServer.call, ...
+
+    def within(self, low: float, high: float) -> bool:
+        """Whether the score is in [low, high) (a band ending at 1 includes 1): difficulty bands tile [0, 1]."""
+        return low <= self.score < high or self.score == high == 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Difficulty:
+        if not isinstance(data, dict) or set(data) != {f.name for f in dataclasses.fields(cls)}:
+            raise RecordError(f"difficulty must be an object with {[f.name for f in dataclasses.fields(cls)]}, "
+                              f"got {data!r}.")
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
 class Message:
     role: str
     content: str
@@ -133,6 +164,7 @@ class Record:
     middle: str | None = None
     place: Place | None = None  # records made from a document (guides, notebooks, books)
     generated: Generated | None = None  # records whose answer a model wrote (rehearsal)
+    difficulty: Difficulty | None = None  # set by the data pipeline's scorer
 
     def __post_init__(self):
         validate(self)
@@ -163,6 +195,8 @@ class Record:
             out["place"] = self.place.to_dict()
         if self.generated is not None:
             out["generated"] = dataclasses.asdict(self.generated)
+        if self.difficulty is not None:
+            out["difficulty"] = self.difficulty.to_dict()
         return out
 
     def to_json(self) -> str:
@@ -175,7 +209,7 @@ class Record:
         kind = data.get("kind")
         if kind not in KINDS:
             raise RecordError(f"Record {data.get('id')!r}: kind must be one of {KINDS}, got {kind!r}.")
-        allowed = {"id", "kind", "task", "split", "source", "place", "generated", *_PAYLOAD_FIELDS[kind]}
+        allowed = {"id", "kind", "task", "split", "source", "place", "generated", "difficulty", *_PAYLOAD_FIELDS[kind]}
         if unknown := set(data) - allowed:
             raise RecordError(f"Record {data.get('id')!r} ({kind}): unexpected fields {sorted(unknown)}.")
         if missing := {"id", "task", "source", *_PAYLOAD_FIELDS[kind]} - set(data):
@@ -194,6 +228,11 @@ class Record:
         if data.get("generated") is not None:
             try:
                 fields["generated"] = Generated.from_dict(data["generated"])
+            except RecordError as error:
+                raise RecordError(f"Record {data['id']!r}: {error}") from None
+        if data.get("difficulty") is not None:
+            try:
+                fields["difficulty"] = Difficulty.from_dict(data["difficulty"])
             except RecordError as error:
                 raise RecordError(f"Record {data['id']!r}: {error}") from None
         if kind == "chat":
@@ -244,6 +283,17 @@ def validate(record: Record) -> None:
         _validate_place(where, record.place)
     if record.generated is not None and not isinstance(record.generated, Generated):
         raise RecordError(f"{where}: generated must be a Generated, got {record.generated!r}.")
+    if record.difficulty is not None:
+        _validate_difficulty(where, record.difficulty)
+
+
+def _validate_difficulty(where: str, difficulty: Any) -> None:
+    number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)  # noqa: E731
+    if not isinstance(difficulty, Difficulty) or not number(difficulty.score) or not 0.0 <= difficulty.score <= 1.0:
+        raise RecordError(f"{where}: difficulty must be a Difficulty with a score in [0, 1], got {difficulty!r}.")
+    counts = {name: getattr(difficulty, name) for name in ("tokens", "nodes", "depth", "functions", "clauses", "otp")}
+    if bad := {k: v for k, v in counts.items() if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)}:
+        raise RecordError(f"{where}: difficulty counts must be whole numbers >= 0, got {bad}.")
 
 
 def _validate_messages(where: str, messages: Any) -> None:

@@ -148,6 +148,19 @@ class Snippet:
     constructs: tuple[str, ...]  # special forms, Kernel macros (`with`, `|>`, `~r`) and attributes like "@spec"
 
 
+@dataclasses.dataclass(frozen=True)
+class CodeMetrics:
+    """How much a piece of code asks of its reader (see `difficulty/1` in parser.exs); all 0 when it does not
+    parse."""
+
+    parses: bool
+    nodes: int  # AST terms
+    depth: int  # the deepest nesting of blocks
+    functions: int  # named functions defined
+    clauses: int  # function clauses and `->` clauses
+    otp: int  # OTP constructs
+
+
 def parser_pool(size: int, timeout_s: float = 60.0) -> ElixirPool:
     # Every identifier becomes an atom in the worker; recycling it bounds the atom table.
     return ElixirPool(PARSER_SCRIPT, size, timeout=timeout_s, retries=1, max_requests=2000)
@@ -166,6 +179,11 @@ def read_snippet(pool: ElixirPool, code: str) -> Snippet:
     reply = pool.call({"op": "snippet", "code": code})
     return Snippet(reply["ok"], reply["error"], reply["session"], tuple(reply["defines"]), tuple(reply["modules"]),
                    tuple(reply["calls"]), tuple(reply["constructs"]))
+
+
+def code_metrics(pool: ElixirPool, codes: list[str]) -> list[CodeMetrics]:
+    """The AST figures of each piece of code (a file, a fragment or an IEx session), in one request."""
+    return [CodeMetrics(**reply) for reply in pool.call({"op": "difficulty", "codes": list(codes)})]
 
 
 def read_erlang_terms(pool: ElixirPool, text: str) -> list[Any]:

@@ -7,6 +7,8 @@
 #     -> %{"ok" => true, "terms" => [term]}    | %{"ok" => false, "error" => message}
 #   %{"op" => "snippet", "code" => binary}       (a code block of a guide, notebook or book)
 #     -> %{"ok", "error", "session", "defines", "modules", "calls", "constructs"} (see snippet/1)
+#   %{"op" => "difficulty", "codes" => [binary]}  (pieces of code, each read as snippet/1 reads it)
+#     -> [%{"parses", "nodes", "depth", "functions", "clauses", "otp"}] (see difficulty/1)
 #
 # A module: name, kind (defmodule | defprotocol | defimpl), parent (the enclosing module's name, nil at the
 # top level), line, end_line, moduledoc, moduledoc_span ([line, end_line] of the attribute, or nil),
@@ -83,6 +85,7 @@ defmodule SourceReader do
 
   def handle(%{"op" => "consult", "text" => text}), do: consult(text)
   def handle(%{"op" => "snippet", "code" => code}), do: snippet(code)
+  def handle(%{"op" => "difficulty", "codes" => codes}), do: Enum.map(codes, &difficulty/1)
 
   def parse(source, path) do
     if String.valid?(source) do
@@ -939,9 +942,7 @@ defmodule SourceReader do
                             compile deprecated dialyzer external_resource)a
 
   def snippet(code) do
-    session = Enum.any?(String.split(code, "\n"), &Regex.match?(@prompt, &1))
-    exprs = if session, do: for(group <- doctests(code), step <- group, do: step["expr"]), else: [code]
-    parsed = Enum.map(exprs, &Code.string_to_quoted(&1, emit_warnings: false))
+    {session, parsed} = read_snippet(code)
     empty = %{"defines" => [], "modules" => [], "calls" => [], "constructs" => []}
 
     case Enum.find(parsed, &match?({:error, _}, &1)) do
@@ -952,6 +953,13 @@ defmodule SourceReader do
         asts = for {:ok, ast} <- parsed, do: ast
         Map.merge(snippet_facts(asts), %{"ok" => true, "session" => session, "error" => nil})
     end
+  end
+
+  # An IEx session is read as its expressions, anything else as one piece of code.
+  defp read_snippet(code) do
+    session = Enum.any?(String.split(code, "\n"), &Regex.match?(@prompt, &1))
+    exprs = if session, do: for(group <- doctests(code), step <- group, do: step["expr"]), else: [code]
+    {session, Enum.map(exprs, &Code.string_to_quoted(&1, emit_warnings: false))}
   end
 
   defp snippet_facts(asts) do
@@ -1047,6 +1055,102 @@ defmodule SourceReader do
   end
 
   defp put_found(found, key, value), do: Map.update!(found, key, &MapSet.put(&1, value))
+
+  # --- difficulty: how much a piece of code asks of its reader ------------------------------------------
+
+  # For a curriculum (data_pipeline/difficulty.py combines the figures into a score). A piece that does not
+  # parse counts nothing. "nodes": every term of its AST (calls, variables, literals, lists, pairs); "depth":
+  # the deepest nesting of blocks (module and function definitions, fn, case, cond, with, if, unless, receive,
+  # try, for, quote); "functions": the named functions it defines (by name and arity); "clauses": their
+  # clauses plus every `->` clause (fn, case, cond, receive, with's else, try's rescue); "otp": its OTP
+  # constructs: `use` of an OTP behaviour (GenServer, Supervisor, Agent, Task, Application, ...), @behaviour,
+  # receive, spawn*, send, the behaviour callbacks it defines (init, handle_*, terminate, code_change) and its
+  # calls into the process modules (GenServer, Supervisor, Agent, Task, Registry, Process, ...) and
+  # :gen_server, :gen_statem, :supervisor, :proc_lib.
+  @nesting_forms @def_kinds ++
+                   [:defmodule, :defprotocol, :defimpl, :fn, :case, :cond, :with, :if, :unless, :receive] ++
+                   [:try, :for, :quote]
+  @otp_modules [:GenServer, :Supervisor, :DynamicSupervisor, :Agent, :Task, :Registry, :Process, :Node] ++
+                 [:GenStage, :GenEvent, :PartitionSupervisor]
+  @otp_behaviours [:Application | @otp_modules]
+  @otp_erlang [:gen_server, :gen_statem, :gen_event, :supervisor, :proc_lib]
+  @otp_forms [:receive, :spawn, :spawn_link, :spawn_monitor, :send]
+  @otp_callbacks [:init, :handle_call, :handle_cast, :handle_info, :handle_continue, :handle_event] ++
+                   [:terminate, :code_change]
+
+  def difficulty(code) do
+    {_session, parsed} = read_snippet(code)
+
+    if parsed != [] and Enum.all?(parsed, &match?({:ok, _}, &1)) do
+      asts = for {:ok, ast} <- parsed, do: ast
+      counts =
+        Enum.reduce(asts, %{nodes: 0, clauses: 0, otp: 0, functions: MapSet.new()}, fn ast, counts ->
+          ast |> Macro.prewalk(counts, &{&1, count(&1, &2)}) |> elem(1)
+        end)
+
+      %{
+        "parses" => true,
+        "nodes" => counts.nodes,
+        "depth" => asts |> Enum.map(&nesting/1) |> Enum.max(),
+        "functions" => MapSet.size(counts.functions),
+        "clauses" => counts.clauses,
+        "otp" => counts.otp
+      }
+    else
+      %{"parses" => false, "nodes" => 0, "depth" => 0, "functions" => 0, "clauses" => 0, "otp" => 0}
+    end
+  end
+
+  defp count(node, acc) do
+    acc = %{acc | nodes: acc.nodes + 1}
+
+    case node do
+      {kind, _, [head | _]} when kind in @def_kinds ->
+        case definition_name(head) do
+          nil ->
+            %{acc | clauses: acc.clauses + 1}
+
+          {name, _arity} = key ->
+            otp = if name in @otp_callbacks, do: 1, else: 0
+            %{acc | clauses: acc.clauses + 1, functions: MapSet.put(acc.functions, key), otp: acc.otp + otp}
+        end
+
+      {:->, _, _} ->
+        %{acc | clauses: acc.clauses + 1}
+
+      {:use, _, [{:__aliases__, _, [name | _]} | _]} when name in @otp_behaviours ->
+        %{acc | otp: acc.otp + 1}
+
+      {:@, _, [{:behaviour, _, _}]} ->
+        %{acc | otp: acc.otp + 1}
+
+      {form, _, args} when form in @otp_forms and is_list(args) ->
+        %{acc | otp: acc.otp + 1}
+
+      {{:., _, [{:__aliases__, _, [name | _]}, fun]}, _, args}
+      when name in @otp_modules and is_atom(fun) and is_list(args) ->
+        %{acc | otp: acc.otp + 1}
+
+      {{:., _, [module, fun]}, _, args} when module in @otp_erlang and is_atom(fun) and is_list(args) ->
+        %{acc | otp: acc.otp + 1}
+
+      _ ->
+        acc
+    end
+  end
+
+  defp definition_name({:when, _, [head | _]}), do: definition_name(head)
+
+  defp definition_name({name, _, args}) when is_atom(name) and (is_list(args) or is_atom(args)),
+    do: {name, if(is_list(args), do: length(args), else: 0)}
+
+  defp definition_name(_), do: nil
+
+  defp nesting({form, _, args}) when form in @nesting_forms and is_list(args), do: 1 + nesting(args)
+  defp nesting({call, _, args}), do: max(nesting(call), nesting(args))
+  defp nesting({left, right}), do: max(nesting(left), nesting(right))
+  defp nesting(list) when is_list(list), do: Enum.reduce(list, 0, &max(nesting(&1), &2))
+  defp nesting(_), do: 0
 
   # --- Erlang terms ------------------------------------------------------------------------------------
 

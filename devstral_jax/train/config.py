@@ -12,6 +12,7 @@ import os
 import ml_collections
 
 from devstral_jax.config import preset, to_config_dict
+from devstral_jax.data.curriculum import parse_curriculum
 from devstral_jax.errors import ConfigError
 from devstral_jax.train import ewc, optim, rehearsal
 
@@ -31,6 +32,10 @@ def default_config() -> ml_collections.ConfigDict:
         seq_len=512, batch_size=8, microbatches=1, packing_bins=16, worker_count=0, shuffle=True,
         # Sources mixed by weight, each a filter over the records (devstral_jax/data/mixture.py); empty: all records.
         mixture=(),
+        # Records admitted from easy to hard (devstral_jax/data/curriculum.py); pacing "none": all from the start.
+        # steps: the step from which everything is admitted (0: train.steps); jumps: for pacing "step".
+        curriculum=ml_collections.ConfigDict(dict(pacing="none", start=0.2, steps=0, jumps=4,
+                                                  buckets=(0.0, 0.25, 0.5, 0.75, 1.0))),
     ))
     config.optim = optim.default_config()
     config.ewc = ewc.default_config()  # Elastic Weight Consolidation in later stages (devstral_jax/train/ewc.py)
@@ -90,6 +95,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     if not config.optim.learning_rate >= 0:
         raise ConfigError(f"config.optim.learning_rate={config.optim.learning_rate!r}: must be 0 or more.")
     rehearsal.check_config(config)
+    parse_curriculum(config.data.curriculum, config.train.steps)
 
 
 def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:

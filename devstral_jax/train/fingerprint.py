@@ -5,9 +5,9 @@ Fingerprinted (a change makes the resumed run differ from an uninterrupted one):
 `config.model` field except how the same math is scheduled (`scan_layers`, `remat_policy`,
 `attention_impl`); every `config.optim` field; `train.steps` (the learning-rate schedule's horizon: to
 extend a run, allow it); the data's `seq_len`, `batch_size`, `microbatches`, `packing_bins`, `shuffle`, the
-mixture (when set), the shard paths of both splits and a digest of the shard files; the `config.ewc` settings
-(when EWC is on) but where its anchor comes from; the tokenizer's digest (`Tokenizer.digest`). The frozen base
-is checked separately, by its own fingerprint (checkpoint.base_fingerprint).
+mixture and the curriculum (when set), the shard paths of both splits and a digest of the shard files; the
+`config.ewc` settings (when EWC is on) but where its anchor comes from; the tokenizer's digest
+(`Tokenizer.digest`). The frozen base is checked separately, by its own fingerprint (checkpoint.base_fingerprint).
 
 Never fingerprinted, free to change between runs: `train.stop_at`, `log_every`, `eval_every`,
 `eval_batches`, `checkpoint_every`, `keep_checkpoints`, `async_checkpoint`, `max_bad_steps`, `dead_steps`,
@@ -27,7 +27,7 @@ import ml_collections
 import xxhash
 from etils import epath
 
-from devstral_jax.data import mixture
+from devstral_jax.data import curriculum, mixture
 from devstral_jax.data.pipeline import shard_files
 from devstral_jax.errors import ConfigError
 
@@ -49,6 +49,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, tokenizer_digest: str) ->
         fields.update({f"ewc.{k}": v for k, v in config.ewc.to_dict().items() if k != "anchor_from"})
     if config.data.mixture:  # absent when unset, so checkpoints from before mixtures existed still resume
         fields["data.mixture"] = mixture.fingerprint(mixture.parse_mixture(config.data.mixture))
+    if pacing := curriculum.parse_curriculum(config.data.curriculum, config.train.steps):  # absent when off
+        fields["data.curriculum"] = pacing.to_json()
     fields["data.tokenizer"] = tokenizer_digest
     return json.loads(json.dumps(fields))  # tuples as lists, as they come back from a checkpoint
 

@@ -1,6 +1,7 @@
-"""Where training metrics go: `metrics.jsonl` (one JSON object per line), TensorBoard, and a PNG of the
-loss curves at the end. The workdir may be a bucket URL: there metrics.jsonl, which an object store cannot append
-to, is written whole each time (it is small)."""
+"""Where training metrics go: `metrics.jsonl` (one JSON object per line), TensorBoard, and PNGs at the end: the
+loss curves, and for a curriculum the admitted difficulty and the tokens seen per difficulty bucket. The workdir
+may be a bucket URL: there metrics.jsonl, which an object store cannot append to, is written whole each time (it
+is small)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import matplotlib
 from etils import epath
 
+from devstral_jax.data.curriculum import ADMITTED, TOKENS_SEEN
 from devstral_jax.storage import is_remote
 
 matplotlib.use("Agg")
@@ -47,6 +49,7 @@ class MetricsLog:
         self._writer.close()
         if plot:
             plot_losses(self.path, os.path.join(self.workdir, "loss.png"))
+            plot_curriculum(self.path, os.path.join(self.workdir, "curriculum.png"))
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -66,6 +69,32 @@ def plot_losses(metrics_path: str, png_path: str) -> None:
     ax.set_ylabel("cross-entropy per token")
     ax.grid(alpha=0.3)
     ax.legend()
+    _save(fig, png_path)
+
+
+def plot_curriculum(metrics_path: str, png_path: str) -> None:
+    """A curriculum run's admitted difficulty and tokens seen per difficulty bucket against step; nothing for a
+    run without a curriculum."""
+    records = {r["step"]: r for r in read_metrics(metrics_path) if ADMITTED in r}
+    if not records:
+        return
+    steps = sorted(records)
+    buckets = [key for key in records[steps[-1]] if key.startswith(TOKENS_SEEN)]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    top.step(steps, [records[s][ADMITTED] for s in steps], where="post")
+    top.set_ylabel("admitted difficulty")
+    top.set_ylim(0, 1.05)
+    for key in buckets:
+        bottom.plot(steps, [records[s][key] for s in steps], label=key[len(TOKENS_SEEN):])
+    bottom.set_xlabel("step")
+    bottom.set_ylabel("tokens seen")
+    bottom.legend(title="difficulty bucket")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    _save(fig, png_path)
+
+
+def _save(fig: plt.Figure, png_path: str) -> None:
     fig.tight_layout()
     with epath.Path(png_path).open("wb") as f:
         fig.savefig(f, format="png", dpi=120)

@@ -13,6 +13,7 @@ Rerunning the command skips finished stages and resumes the unfinished one; a st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -23,8 +24,7 @@ from flax import nnx
 from devstral_jax import sharding
 from devstral_jax.checkpoint import base_fingerprint
 from devstral_jax.config import from_config_dict
-from devstral_jax.data.mixture import TALLY
-from devstral_jax.data.pipeline import DataSpec, make_dataset
+from devstral_jax.data.pipeline import DataSpec, make_dataset, step_inputs
 from devstral_jax.errors import TrainingError
 from devstral_jax.train import config as train_config
 from devstral_jax.train import ewc, fisher, forgetting, rehearsal, trainer
@@ -107,8 +107,8 @@ class _StageModels:
         if os.path.isfile(os.path.join(stage_workdir, ewc.ANCHOR_FILE)):
             return  # written by an earlier call of this run
         graphdef, lora, frozen = self.load(stage_workdir)
-        spec = trainer.data_spec(stage_config, "train")
-        batches = ({k: v for k, v in batch.items() if k != TALLY} for _, batch in
+        spec = dataclasses.replace(trainer.data_spec(stage_config, "train"), curriculum=None)  # all the stage's data
+        batches = (step_inputs(batch) for _, batch in
                    zip(range(stage_config.ewc.fisher_batches), make_dataset(spec, self.tokenizer)))
         stage_fisher = fisher.estimate(graphdef, lora, frozen, batches, stage_config.train.loss_chunk)
         fisher.plot_importance(stage_fisher, os.path.join(stage_workdir, "fisher_importance.png"),

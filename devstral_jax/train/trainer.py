@@ -34,8 +34,8 @@ from tqdm import tqdm
 from devstral_jax import sharding
 from devstral_jax.checkpoint import Checkpointer, base_fingerprint
 from devstral_jax.config import EXECUTION_FIELDS, ModelConfig, from_config_dict
-from devstral_jax.data import mixture
-from devstral_jax.data.pipeline import DataSpec, make_dataset
+from devstral_jax.data import curriculum, mixture
+from devstral_jax.data.pipeline import DataSpec, make_dataset, step_inputs
 from devstral_jax.errors import CheckpointError, ConfigError, TrainingError
 from devstral_jax.hf.load import load as load_base
 from devstral_jax.lora import LoRAParam
@@ -122,7 +122,8 @@ def data_spec(config: ml_collections.ConfigDict, split: str) -> DataSpec:
     return DataSpec(paths=tuple(paths), split=split, seq_len=d.seq_len, batch_size=d.batch_size,
                     microbatches=d.microbatches, seed=config.seed, shuffle=d.shuffle and split == "train",
                     num_epochs=1000 if split == "train" else 1, packing_bins=d.packing_bins,
-                    worker_count=d.worker_count if split == "train" else 0, mixture=mixture.parse_mixture(d.mixture))
+                    worker_count=d.worker_count if split == "train" else 0, mixture=mixture.parse_mixture(d.mixture),
+                    curriculum=curriculum.parse_curriculum(d.curriculum, config.train.steps))
 
 
 class _SigtermFlag:
@@ -290,8 +291,7 @@ def _loop(run: _Run, state: TrainState, checkpointer: Checkpointer, log: Metrics
         monitor.progress = progress
         for step in range(start, stop_at):
             host_batch = next(run.train_batches)
-            model_batch = {k: v for k, v in host_batch.items() if k != mixture.TALLY}
-            state, metrics = run.step_fn(state, run.frozen, sharding.place_batch(model_batch, run.mesh))
+            state, metrics = run.step_fn(state, run.frozen, sharding.place_batch(step_inputs(host_batch), run.mesh))
             if pending is not None:
                 monitor.read(pending)
             done = step + 1
@@ -380,7 +380,8 @@ def _step_record(run: _Run, step: int, skipped_steps: int, metrics: dict[str, fl
                   learning_rate=metrics["learning_rate"], skipped_steps=skipped_steps,
                   tokens_per_s=tokens_per_step / seconds, seconds_per_step=seconds,
                   batch_crc32=zlib.crc32(host_batch["inputs"].tobytes()),
-                  **mixture.tally_metrics(run.config.data.mixture, host_batch))
+                  **mixture.tally_metrics(run.config.data.mixture, host_batch),
+                  **curriculum.tally_metrics(run.config.data.curriculum, host_batch))
     if "ewc_penalty" in metrics:
         record["ewc_penalty"] = float(metrics["ewc_penalty"])
     if run.peak_flops:

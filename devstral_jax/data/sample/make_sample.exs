@@ -1,5 +1,6 @@
 # Builds sample.jsonl: training records from the installed Elixir's own module and function docs.
 #   elixir devstral_jax/data/sample/make_sample.exs > devstral_jax/data/sample/sample.jsonl
+#   python launch/score_data.py --input=devstral_jax/data/sample/sample.jsonl   (adds each record's difficulty)
 # Elixir's documentation is Apache-2.0 (Copyright The Elixir Team); see README.md beside this file.
 modules = [Enum, String, Map, List, Keyword, Integer, Float, Tuple, MapSet, Range, Stream, Regex,
            Access, Agent, Task, GenServer, Supervisor, Registry, Process, Path, URI, Base, Bitwise,
