@@ -220,13 +220,16 @@ def diversity(texts: Sequence[str]) -> dict[str, float | None]:
 
 def rehearsal_record(prompt: Prompt, answer: str, stage: str, step: int, sampling: dict[str, Any]) -> Record:
     """A kept answer as a training record: the earlier prompt, the new answer, and where it came from (the
-    original record's source keeps its credit and licence: the prompt is its material)."""
+    original record's source keeps its credit and licence: the prompt is its material). It takes the original's
+    difficulty too (the same task; this package never imports the data pipeline's scorer), so a curriculum can
+    pace a stage that rehearses."""
     generated = Generated(record=prompt.record.id, task=prompt.record.task, stage=stage, step=step,
                           sampling=sampling)
     messages = (*prompt.messages, Message("assistant", answer))
     key = json.dumps([dataclasses.asdict(generated), answer], sort_keys=True, ensure_ascii=False)
     return Record(id=hashlib.sha256(key.encode()).hexdigest()[:24], kind="chat", task=REHEARSAL_TASK,
-                  source=prompt.record.source, messages=messages, generated=generated)
+                  source=prompt.record.source, messages=messages, generated=generated,
+                  difficulty=prompt.record.difficulty)
 
 
 def prepare(name: str, stage_config: ml_collections.ConfigDict, earlier: Sequence[ml_collections.ConfigDict],
