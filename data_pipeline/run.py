@@ -62,7 +62,7 @@ from data_pipeline.verify import verify as verify_kinds
 from devstral_jax.data.records import Record, Source
 from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, parser_pool
 from devstral_jax.elixir.worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
-from devstral_jax.tokenizer import load_tekken
+from devstral_jax.tokenizers.tekken import load_tekken
 
 log = logging.getLogger(__name__)
 

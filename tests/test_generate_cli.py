@@ -10,7 +10,7 @@ from flax import nnx
 from devstral_jax.config import from_config_dict
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
-from devstral_jax.tokenizer import load_tekken
+from devstral_jax.tokenizers.tekken import load_tekken
 from devstral_jax.train.config import sibling_config
 
 ROOT = Path(__file__).resolve().parents[1]

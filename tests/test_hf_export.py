@@ -27,7 +27,7 @@ from devstral_jax.hf.load import load
 from devstral_jax.hf.model_dir import open_model_dir
 from devstral_jax.hf.peft import AdapterError, adapter_from_model, check_adapter, load_adapter, save_adapter
 from devstral_jax.lora import LoRAParam
-from devstral_jax.tokenizer import PACKAGED_TEKKEN, load_tekken
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN, load_tekken
 from tests.serving_helpers import CONTROL_TOKENS, CONVERSATION, SNIPPETS, instruct_tokens
 from tests.hf_helpers import save_hf_checkpoint
 from tests.model_helpers import TINY, hf_logits, max_relative_error
