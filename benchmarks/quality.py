@@ -10,8 +10,14 @@ before and after QLoRA fine-tuning by our trainer on our Elixir data, measured o
 The base is the fine-tuned model's own starting point: the same quantized GGUF weights with fresh adapters
 (B = 0), so the two differ only by what training changed.
 
-    python benchmarks/quality.py                              # configs/smollm2_cpu.py as it is
-    python benchmarks/quality.py --steps=400 --seq_len=512 --sampled --workdir=/tmp/quality
+    python benchmarks/quality.py                              # configs/smollm2_cpu.py on the shipped sample
+    python launch/prepare_data.py --config=configs/data_otp_docs.py --config.output_dir=out/code \
+        --config.sources.local.paths="('~/src/plug', '~/src/jason')" --config.sources.local.licence=""
+    python benchmarks/quality.py --data=out/code --steps=300 --sampled --workdir=/tmp/quality
+
+With --data (a corpus `launch/prepare_data.py` wrote) the model trains on its code mixture
+(configs/smollm2_cpu.py's CODE_MIXTURE), the Elixir perplexity is on its held-out packages, and the doctest
+benchmark built from those packages' doctests is scored too.
 
 Training (launch/train.py) resumes, and the evaluations reuse their sampled batches, so rerunning the same
 command after an interruption continues. Writes results/quality_smollm2.json, .md (the table) and .png
@@ -58,6 +64,8 @@ _TRAIN = flags.DEFINE_bool("train", True, "Run (or resume) the training; --notra
 _SAMPLED = flags.DEFINE_bool("sampled", False, "Also T=0.2 with 10 samples per problem (10x the sampling).")
 _PPL_TOKENS = flags.DEFINE_integer("perplexity_tokens", 20_000, "Predicted tokens per perplexity measurement.")
 _PPL_SEQ = flags.DEFINE_integer("perplexity_seq_len", 256, "Context of each perplexity window.")
+_DATA = flags.DEFINE_string("data", "", "A prepared corpus folder (launch/prepare_data.py's output_dir) to train "
+                            "and validate on; empty: the shipped sample (documentation only).")
 _OUT = flags.DEFINE_string("out_prefix", str(ROOT / "benchmarks" / "results" / "quality_smollm2"),
                            "Results path without extension (.json, .md, .png are written).")
 
@@ -78,23 +86,30 @@ def train_overrides() -> list[str]:
             f"--config.train.eval_every={max(1, _STEPS.value // 4)}"]
 
 
+def train_config_arg() -> str:
+    """--config for launch/train.py: configs/smollm2_cpu.py, with the prepared corpus as its argument."""
+    return f"{TRAIN_CONFIG}:{Path(_DATA.value).resolve()}" if _DATA.value else str(TRAIN_CONFIG)
+
+
 def train(workdir: Path, overrides: list[str]) -> None:
     """Fine-tunes SmolLM2 with launch/train.py (resuming a run already there)."""
-    _python("launch/train.py", f"--config={TRAIN_CONFIG}", f"--workdir={workdir / 'run'}", *overrides)
+    _python("launch/train.py", f"--config={train_config_arg()}", f"--workdir={workdir / 'run'}", *overrides)
 
 
-def humaneval(model: str, output_dir: Path, temperature: float, samples: int) -> dict:
-    """launch/evaluate.py's summary of `model` (the GGUF base or the training workdir) on HumanEval-Elixir, with
-    the base's execution settings (NF4 kernels, LoRA r=16) so the base matches the fine-tuned model exactly."""
+def evaluate(model: str, output_dir: Path, temperature: float, samples: int) -> dict:
+    """launch/evaluate.py's per-benchmark summaries of `model` (the GGUF base or the training workdir) on
+    HumanEval-Elixir (and, with --data, the doctest benchmark of its held-out packages), with the base's
+    execution settings (NF4 kernels, LoRA r=16) so the base matches the fine-tuned model exactly."""
     model_config = sibling_config(str(TRAIN_CONFIG), TRAIN_CONFIG.stem).model
     execution = [f"--config.model.{name}={model_config[name]}"
                  for name in ("attn_storage", "mlp_storage", "lora_rank", "lora_alpha", "dtype", "param_dtype")]
+    doctest_records = [f"--doctest_records={Path(_DATA.value).resolve() / 'jsonl'}/*.jsonl"] if _DATA.value else []
     _python("launch/evaluate.py", f"--config={EVAL_CONFIG}", f"--model={model}", f"--benchmark={HUMANEVAL_EX}",
-            f"--output_dir={output_dir}",
+            *doctest_records, f"--output_dir={output_dir}",
             *execution, f"--config.eval.max_new_tokens={_MAX_NEW.value}",
             f"--config.eval.max_problems={_MAX_PROBLEMS.value}", f"--config.eval.temperature={temperature}",
             f"--config.eval.num_samples={samples}", "--config.eval.sandbox=best_effort")
-    return json.loads((output_dir / "summary.json").read_text())["benchmarks"]["humaneval_ex"]
+    return json.loads((output_dir / "summary.json").read_text())["benchmarks"]
 
 
 def elixir_validation_texts(config) -> list[str]:
@@ -134,6 +149,8 @@ def table(results: dict) -> str:
             ("HumanEval-Elixir compile share, greedy", "humaneval_greedy", "compile_rate", 100, "%"),
             ("HumanEval-Elixir pass@1, T=0.2 n=10", "humaneval_sampled", "pass@1", 100, "%"),
             ("HumanEval-Elixir compile share, T=0.2 n=10", "humaneval_sampled", "compile_rate", 100, "%"),
+            ("Doctest benchmark pass@1, greedy", "doctests_greedy", "pass@1", 100, "%"),
+            ("Doctest benchmark compile share, greedy", "doctests_greedy", "compile_rate", 100, "%"),
             ("Elixir validation perplexity", "perplexity", "elixir", 1, ""),
             ("Python (stdlib) perplexity", "perplexity", "python", 1, "")]
     lines = ["| metric | base | fine-tuned | change |", "|---|---:|---:|---:|"]
@@ -172,14 +189,17 @@ def main(argv: list[str]) -> None:
     for section, temperature, samples in settings:
         for name, model in (("base", str(sibling_config(str(TRAIN_CONFIG), TRAIN_CONFIG.stem).base)),
                             ("fine-tuned", str(workdir / "run"))):
-            summary = humaneval(model, workdir / f"eval_{name}_{section}", temperature, samples)
-            results[name][section] = {k: summary[k] for k in ("pass@k", "compile_rate", "problems", "samples",
-                                                               "statuses")}
-            results[name][section]["pass@1"] = summary["pass@k"]["pass@1"]
+            summaries = evaluate(model, workdir / f"eval_{name}_{section}", temperature, samples)
+            for benchmark, summary in summaries.items():
+                key = section.replace("humaneval", "doctests") if benchmark == "doctests" else section
+                results[name][key] = {k: summary[k] for k in ("pass@k", "compile_rate", "problems", "samples",
+                                                              "statuses")}
+                results[name][key]["pass@1"] = summary["pass@k"]["pass@1"]
     for name, kinds in perplexities(workdir).items():
         results[name]["perplexity"] = {kind: result["perplexity"] for kind, result in kinds.items()}
         results[name]["perplexity_tokens"] = {kind: result["tokens"] for kind, result in kinds.items()}
-    results["training"] = {"config": str(TRAIN_CONFIG.relative_to(ROOT)), "overrides": overrides,
+    results["training"] = {"config": str(TRAIN_CONFIG.relative_to(ROOT)), "data": _DATA.value or "sample",
+                           "overrides": overrides,
                            "validation_loss": validation_losses(workdir)}
     results["settings"] = {"max_new_tokens": _MAX_NEW.value, "max_problems": _MAX_PROBLEMS.value or "all",
                            "perplexity_tokens": _PPL_TOKENS.value, "perplexity_seq_len": _PPL_SEQ.value,

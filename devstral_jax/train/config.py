@@ -48,9 +48,9 @@ def default_config() -> ml_collections.ConfigDict:
         init_adapters_from="",  # a previous stage's workdir: start from its final adapters
         keep_optimizer=False,  # with init_adapters_from: also continue its optimizer state (else a fresh optimizer)
     ))
-    # What launch/generate.py samples (from a trained workdir, or the random base).
+    # What launch/generate.py samples (from a trained workdir, or the base); chat: the prompt is a user turn.
     config.generate = ml_collections.ConfigDict(dict(prompt="defmodule Greeter do\n  def hello(name) do\n",
-                                                     max_new_tokens=24))
+                                                     max_new_tokens=24, chat=False))
     # Multi-stage runs: a tuple of ConfigDicts, each with a `name` and section overrides (see configs/stages.py);
     # stage k starts from stage k-1's final adapters. Empty: a single-stage run.
     config.stages = ()
