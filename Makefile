@@ -50,7 +50,7 @@ elixir:
 	@command -v elixir >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq elixir; }
 
 test: $(VENV)/.installed-test elixir
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 # The main job on the embedded default: QLoRA-train the tiny model on the sample Elixir corpus, stop halfway,
 # resume from the checkpoint to the end, then sample from the trained model.

@@ -31,7 +31,7 @@ from devstral_jax.hf import llama_cpp
 from devstral_jax.hf.gguf_export import save_gguf
 from devstral_jax.hf.export import merged_checkpoint_tensors
 from devstral_jax.hf.model_dir import open_model_dir
-from devstral_jax.tokenizer import PACKAGED_TEKKEN
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "devstral_jax", "data", "sample", "sample.jsonl")
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from absl import app, flags  # noqa: E402
 
 from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, parser_pool  # noqa: E402
-from devstral_jax.tokenizer import load_tekken  # noqa: E402
+from devstral_jax.tokenizers.tekken import load_tekken  # noqa: E402
 
 _DATA = flags.DEFINE_string("data", None, "A dataset folder written by launch/prepare_data.py.", required=True)
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/record_checks.json", "Where the JSON results go.")

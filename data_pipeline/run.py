@@ -63,7 +63,7 @@ from devstral_jax.data.near_duplicates import NearDuplicates
 from devstral_jax.data.records import Record, Source
 from devstral_jax.elixir.parse import SourceSyntaxError, parse_source, parser_pool
 from devstral_jax.elixir.worker import ElixirPool, WorkerCrashed, WorkerError, WorkerTimeout
-from devstral_jax.tokenizer import load_tekken
+from devstral_jax.tokenizers.tekken import load_tekken
 
 log = logging.getLogger(__name__)
 

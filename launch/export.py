@@ -33,7 +33,7 @@ from devstral_jax.hf.gguf_export import GGUF_TYPES, check_tokenizer, save_gguf
 from devstral_jax.hf.model_dir import ModelDir, open_model_dir
 from devstral_jax.hf.ollama import save_modelfile
 from devstral_jax.hf.peft import Adapter, adapter_from_model, check_adapter, load_adapter, save_adapter
-from devstral_jax.tokenizer import PACKAGED_TEKKEN
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN
 from devstral_jax.train.trainer import is_workdir, restore_trained_model
 
 _DEFAULT_CONFIG = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",

@@ -12,7 +12,7 @@ import transformers
 from safetensors.torch import save_file
 
 from devstral_jax.config import ModelConfig
-from devstral_jax.tokenizer import PACKAGED_TEKKEN
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN
 from tests.model_helpers import hf_model
 
 # HF name suffix -> consolidated suffix (written out here independently of devstral_jax.hf.param_map).

@@ -17,7 +17,7 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from devstral_jax.config import ModelConfig
 from devstral_jax.hf import param_map
 from devstral_jax.hf.gguf_export import save_gguf
-from devstral_jax.tokenizer import PACKAGED_TEKKEN
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN
 from tests.model_helpers import hf_model
 
 CONTROL_TOKENS = ("<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]")

@@ -1,6 +1,7 @@
 """launch/generate.py end to end: config -> tiny model -> Sampler tokens streamed as Tekken text; and its errors."""
 
 import ast
+import concurrent.futures
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from flax import nnx
 from devstral_jax.config import from_config_dict
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
-from devstral_jax.tokenizer import load_tekken
+from devstral_jax.tokenizers.tekken import load_tekken
 from devstral_jax.train.config import sibling_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +45,12 @@ def test_prints_the_samplers_tokens_as_text_as_they_come():
 
 
 def test_config_mistakes_are_one_line_errors_not_tracebacks():
-    for flag, message in [("--config.model.num_layerz=3", 'Did you mean "num_layers"'),
-                          ("--config.model.num_layers=x", "invalid literal for int()"),
-                          ("--config.model.num_heads=3", "num_kv_heads=2 must divide num_heads=3")]:
-        result = _generate(flag)
+    mistakes = [("--config.model.num_layerz=3", 'Did you mean "num_layers"'),
+                ("--config.model.num_layers=x", "invalid literal for int()"),
+                ("--config.model.num_heads=3", "num_kv_heads=2 must divide num_heads=3")]
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:  # two at a time: each launch is mostly Python's start
+        results = list(threads.map(lambda mistake: _generate(mistake[0]), mistakes))
+    for (flag, message), result in zip(mistakes, results):
         assert result.returncode != 0, flag
         assert message in result.stderr, (flag, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, flag

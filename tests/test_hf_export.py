@@ -2,6 +2,7 @@
 HF directories that transformers 4.x and 5.x load (weights, Tekken's ids, BOS, the instruct format), atomic
 writes, and launch/export.py end to end (versions, manifest, --list, Bumblebee refusal)."""
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ from devstral_jax.hf.load import load
 from devstral_jax.hf.model_dir import open_model_dir
 from devstral_jax.hf.peft import AdapterError, adapter_from_model, check_adapter, load_adapter, save_adapter
 from devstral_jax.lora import LoRAParam
-from devstral_jax.tokenizer import PACKAGED_TEKKEN, load_tekken
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN, load_tekken
 from tests.serving_helpers import CONTROL_TOKENS, CONVERSATION, SNIPPETS, instruct_tokens
 from tests.hf_helpers import save_hf_checkpoint
 from tests.model_helpers import TINY, hf_logits, max_relative_error
@@ -255,8 +256,9 @@ def test_launch_export_writes_a_version_with_model_cards_and_a_manifest(trained,
          "Bumblebee's Mistral loader derives head_dim from hidden_size / num_heads = 16, but this model's head_dim "
          "is 24"),
     ]
-    for arguments, message in failures:
-        result = _export(*arguments, f"--out={tmp_path / 'failed'}")
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:  # two at a time: each launch is mostly Python's start
+        results = list(threads.map(lambda failure: _export(*failure[0], f"--out={tmp_path / 'failed'}"), failures))
+    for (arguments, message), result in zip(failures, results):
         assert result.returncode != 0 and message in result.stderr, (arguments, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, arguments
     assert not (tmp_path / "failed").exists() or os.listdir(tmp_path / "failed") == []
@@ -265,27 +267,20 @@ def test_launch_export_writes_a_version_with_model_cards_and_a_manifest(trained,
     assert json.loads((version / "manifest.json").read_text()) == written
 
 
-def test_export_from_a_training_workdir(tmp_path):
-    """launch/train.py for 2 steps (random NF4 base), then export its adapter against that base written as an HF
-    directory: PEFT on transformers reproduces the trained model's logits."""
+def test_export_from_a_training_workdir(trained_workdir, tmp_path):
+    """launch/train.py for 2 steps (random NF4 base: conftest.py), then export its adapter against that base written
+    as an HF directory: PEFT on transformers reproduces the trained model's logits."""
     from devstral_jax.train.trainer import restore_trained_model
 
-    train = [sys.executable, "launch/train.py", "--config=configs/tiny_cpu.py", f"--workdir={tmp_path / 'run'}",
-             "--config.model.num_layers=1", "--config.data.seq_len=64", "--config.data.batch_size=4",
-             "--config.train.loss_chunk=64", "--config.train.steps=2", "--config.train.eval_every=2",
-             "--config.train.eval_batches=1", "--config.train.checkpoint_every=2", "--config.optim.warmup_steps=1"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user's run
-    result = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    trained_model, config, _ = restore_trained_model(str(tmp_path / "run"))
+    trained_model, config, _ = restore_trained_model(str(trained_workdir))
     save_merged(tmp_path / "base", config, param_map.state_dict(trained_model), dtype="float32", progress=False)
 
-    result = _export(f"--base={tmp_path / 'base'}", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'out'}",
+    result = _export(f"--base={tmp_path / 'base'}", f"--workdir={trained_workdir}", f"--out={tmp_path / 'out'}",
                      "--config.formats=peft")
     assert result.returncode == 0, result.stderr[-3000:]
     version = tmp_path / "out" / "devstral-elixir" / "v1"
     training = json.loads((version / "manifest.json").read_text())["training"]
-    assert training["workdir"] == str(tmp_path / "run") and training["config"]["train"]["steps"] == 2
+    assert training["workdir"] == str(trained_workdir) and training["config"]["train"]["steps"] == 2
     base = transformers.MistralForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
     tokens = np.random.default_rng(2).integers(0, config.vocab_size, (1, 16))
     ours = np.asarray(trained_model(tokens)[0])

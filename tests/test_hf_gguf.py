@@ -17,7 +17,7 @@ from devstral_jax.hf import consolidated, param_map
 from devstral_jax.hf import llama_cpp as engine
 from devstral_jax.hf.chat_template import jinja_template
 from devstral_jax.model import Transformer
-from devstral_jax.tokenizer import PACKAGED_TEKKEN, load_tekken
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN, load_tekken
 from tests.model_helpers import hf_model, max_relative_error, ours_from_hf
 from tests.serving_helpers import CONVERSATION, SNIPPETS, instruct_tokens, random_gguf
 

@@ -9,7 +9,7 @@ import pytest
 
 from devstral_jax.config import preset
 from devstral_jax.hf.ollama import modelfile_path, save_modelfile
-from devstral_jax.tokenizer import PACKAGED_TEKKEN
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN
 from tests.ollama_helpers import parameter_value, parse_modelfile, render_go_template
 from tests.serving_helpers import CONVERSATION, instruct_tokens, random_gguf
 

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from devstral_jax.lora import LoRAParam
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig, TextStream, sample_logits, truncate_at_stop
-from devstral_jax.tokenizer import load_tekken
+from devstral_jax.tokenizers.tekken import load_tekken
 from tests.model_helpers import TINY, hf_greedy, hf_model, ours_from_hf
 
 GREEDY = SamplingConfig(max_new_tokens=20, steps_per_call=8, prompt_bucket=16)

@@ -15,9 +15,9 @@ import xxhash
 from devstral_jax.config import preset
 from devstral_jax.data.records import Message, Record
 from devstral_jax.errors import ConfigError
-from devstral_jax.tokenizer import PACKAGED_TEKKEN
 from devstral_jax.tokenizers import HFTokenizer, TekkenTokenizer, check_vocab, load_tokenizer, model_tokenizer
 from devstral_jax.tokenizers.base import FIM_TEXT
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN
 from tests.gguf_helpers import real_smollm2
 
 SOURCE = {"kind": "local", "package": "demo", "version": "0", "path": "lib/demo.ex", "licence": "MIT", "url": ""}

@@ -20,7 +20,7 @@ from mistral_common.integrations.chat_templates.chat_templates import convert_to
 from mistral_common.tokens.tokenizers.base import TokenizerVersion
 
 from devstral_jax.errors import ExportError
-from devstral_jax.tokenizer import tekken_config
+from devstral_jax.tokenizers.tekken import tekken_config
 
 
 def tekken_version(tekken_file: str | os.PathLike) -> TokenizerVersion:

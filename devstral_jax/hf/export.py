@@ -41,8 +41,8 @@ from devstral_jax.hf.param_map import hf_shapes
 from devstral_jax.hf.peft import Adapter
 from devstral_jax.hf.safetensors_io import SafetensorsWriter
 from devstral_jax.hf.tokenizer_files import save_hf_tokenizer
-from devstral_jax.tokenizer import PACKAGED_TEKKEN
 from devstral_jax.tokenizers.hf import transformers_tokenizer
+from devstral_jax.tokenizers.tekken import PACKAGED_TEKKEN
 
 MAX_SHARD_BYTES = 5 * 10**9  # the Hub's (and transformers' save_pretrained) customary shard size
 DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}

@@ -39,7 +39,7 @@ from devstral_jax.hf import consolidated, llama_cpp
 from devstral_jax.hf.chat_template import jinja_template
 from devstral_jax.hf.export import ExportError
 from devstral_jax.hf.param_map import hf_shapes, param_names
-from devstral_jax.tokenizer import tekken_config
+from devstral_jax.tokenizers.tekken import tekken_config
 
 # Written here: our name -> (tensor type of the matrices, llama.cpp's file type).
 OUTTYPES = {

@@ -1,5 +1,6 @@
 """launch/evaluate.py end to end: scoring given completions, sampling from random tiny weights, and its errors."""
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -53,28 +54,24 @@ def test_samples_from_random_tiny_weights_with_doctests_and_perplexity(tmp_path)
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path):
-    for flags, message in [((), "Pass --model"),
-                           (("--model=random:tiny", "--config.eval.benchmarks=()"), "Nothing to evaluate"),
-                           (("--model=random:huge", f"--benchmark={SAMPLE_BENCHMARK}"), "unknown preset"),
-                           ((f"--model={tmp_path}", f"--benchmark={SAMPLE_BENCHMARK}"), "neither a model directory"),
-                           ((f"--completions={tmp_path / 'none.jsonl'}",), "No such file"),
-                           ((f"--completions={COMPLETIONS}", f"--benchmark={tmp_path / 'none.jsonl'}"), "No such file"),
-                           ((f"--completions={COMPLETIONS}", f"--benchmark={SAMPLE_BENCHMARK}", "--config.eval.sandbox=sometimes"),
-                            "sandbox mode must be")]:
-        result = _evaluate(*flags, f"--output_dir={tmp_path / 'out'}")
+    mistakes = [((), "Pass --model"),
+                (("--model=random:tiny", "--config.eval.benchmarks=()"), "Nothing to evaluate"),
+                (("--model=random:huge", f"--benchmark={SAMPLE_BENCHMARK}"), "unknown preset"),
+                ((f"--model={tmp_path}", f"--benchmark={SAMPLE_BENCHMARK}"), "neither a model directory"),
+                ((f"--completions={tmp_path / 'none.jsonl'}",), "No such file"),
+                ((f"--completions={COMPLETIONS}", f"--benchmark={tmp_path / 'none.jsonl'}"), "No such file"),
+                ((f"--completions={COMPLETIONS}", f"--benchmark={SAMPLE_BENCHMARK}", "--config.eval.sandbox=sometimes"),
+                 "sandbox mode must be")]
+    with concurrent.futures.ThreadPoolExecutor(2) as threads:  # two at a time: each launch is mostly Python's start
+        results = list(threads.map(lambda mistake: _evaluate(*mistake[0], f"--output_dir={tmp_path / 'out'}"),
+                                   mistakes))
+    for (flags, message), result in zip(mistakes, results):
         assert result.returncode != 0, flags
         assert message in result.stderr and "Traceback" not in result.stderr, (flags, result.stderr[-2000:])
 
 
-def test_evaluates_a_training_workdir(tmp_path):
-    workdir = tmp_path / "run"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
-    trained = subprocess.run([sys.executable, "launch/train.py", "--config=configs/tiny_cpu.py", f"--workdir={workdir}",
-                              "--config.model.num_layers=1", "--config.data.seq_len=64", "--config.data.batch_size=2",
-                              "--config.train.loss_chunk=64", "--config.train.steps=2", "--config.train.eval_batches=1"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    result = _evaluate(f"--model={workdir}", f"--benchmark={SAMPLE_BENCHMARK}", "--config.eval.max_problems=1",
+def test_evaluates_a_training_workdir(trained_workdir, tmp_path):
+    result = _evaluate(f"--model={trained_workdir}", f"--benchmark={SAMPLE_BENCHMARK}", "--config.eval.max_problems=1",
                        "--config.eval.max_new_tokens=4", f"--output_dir={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
