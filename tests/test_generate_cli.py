@@ -6,13 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 from flax import nnx
 
+from devstral_jax import sharding
 from devstral_jax.config import from_config_dict
+from devstral_jax.data.records import Message
 from devstral_jax.model import Transformer
 from devstral_jax.sampler import Sampler, SamplingConfig
 from devstral_jax.tokenizers.tekken import load_tekken
 from devstral_jax.train.config import sibling_config
+from devstral_jax.train.trainer import build_model, run_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +58,28 @@ def test_config_mistakes_are_one_line_errors_not_tracebacks():
         assert result.returncode != 0, flag
         assert message in result.stderr, (flag, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, flag
+
+
+def test_without_a_workdir_samples_the_real_base_and_a_chat_prompt_is_a_user_turn():
+    """configs/smollm2_cpu.py has a real base (SmolLM2's GGUF): without --workdir generate.py samples that base with
+    fresh adapters (what training starts from), and `generate.chat` encodes the prompt in the model's chat format.
+    The printed tokens are the ones our Sampler gives the same model for the chat-encoded prompt."""
+    question = "Write an Elixir function that reverses a list."
+    result = subprocess.run([sys.executable, "launch/generate.py", "--config=configs/smollm2_cpu.py",
+                             "--config.generate.chat=True", f"--config.generate.prompt={question}",
+                             "--config.generate.max_new_tokens=6"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "before training (fresh adapters)" in result.stdout and "as a user turn" in result.stdout
+
+    config = sibling_config(str(ROOT / "configs" / "x.py"), "smollm2_cpu")
+    model_config = from_config_dict(config.model)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    model = nnx.merge(*build_model(config, model_config, mesh)[:3])
+    tokenizer = run_tokenizer(config, model_config)
+    prompt = tokenizer.encode_prompt([Message("user", question)])
+    assert f"prompt: {len(prompt)} tokens" in result.stdout
+    expected = Sampler(model, tokenizer).generate_tokens([prompt], SamplingConfig(max_new_tokens=6),
+                                                         eos_id=tokenizer.eos_id, decode=tokenizer.decode)[0]
+    summary = result.stdout[result.stdout.rindex("\ngenerated "):]
+    assert ast.literal_eval(summary.split(": ", 1)[1].splitlines()[0]) == expected.tokens
