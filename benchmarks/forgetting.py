@@ -26,7 +26,6 @@ results/forgetting_smollm2.json, .md (the table) and .png, or --out_prefix.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -43,14 +42,11 @@ from matplotlib import pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from devstral_jax import sharding  # noqa: E402
-from devstral_jax.checkpoint import base_fingerprint  # noqa: E402
-from devstral_jax.config import from_config_dict  # noqa: E402
 from devstral_jax.data.mixture import parse_mixture  # noqa: E402
 from devstral_jax.data.pipeline import DataSpec  # noqa: E402
 from devstral_jax.train import forgetting, rehearsal, trainer  # noqa: E402
-from devstral_jax.train.config import sibling_config  # noqa: E402
-from devstral_jax.train.step import make_eval_step  # noqa: E402
+from devstral_jax.train.stages import StageModels  # noqa: E402
+from devstral_jax.train.config import sibling_config, sibling_module  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/forgetting", "Where the variants' runs go.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Training steps per variant, split over the stages as configs/stages.py "
@@ -73,11 +69,8 @@ Stages = tuple[ml_collections.ConfigDict, ...]
 
 
 def curriculum(total_steps: int) -> Stages:
-    """configs/stages.py's stages for `total_steps` (its `stages` function; the file is loaded by path)."""
-    spec = importlib.util.spec_from_file_location("configs.stages", STAGES_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.stages(total_steps)
+    """configs/stages.py's stages for `total_steps` (its `stages` function)."""
+    return sibling_module(str(STAGES_CONFIG), STAGES_CONFIG.stem).stages(total_steps)
 
 
 def variant_stages(variant: str, stages: Stages) -> Stages:
@@ -122,19 +115,10 @@ def probes(config: ml_collections.ConfigDict) -> dict[str, DataSpec]:
 
 def measure(config: ml_collections.ConfigDict, finals: dict[str, str]) -> dict[str, dict[str, float]]:
     """{"base" | variant: {probe: perplexity}}: the base (adapters at zero) and each variant's last-stage adapters,
-    on one base loaded once."""
-    model_config = from_config_dict(config.model)
-    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    graphdef, lora, frozen, _ = trainer.build_model(config, model_config, mesh)
-    tokenizer = trainer.run_tokenizer(config, model_config)
-    eval_step = jax.jit(make_eval_step(graphdef, config.train.loss_chunk))
-    sets = probes(config)
-    rows = {"base": forgetting.perplexities(eval_step, lora, frozen, sets, tokenizer, _EVAL_BATCHES.value, mesh)}
-    for variant, workdir in finals.items():
-        adapters = trainer.final_part(workdir, {"lora": trainer.abstract(lora)}, base_fingerprint(frozen))["lora"]
-        rows[variant] = forgetting.perplexities(eval_step, adapters, frozen, sets, tokenizer, _EVAL_BATCHES.value,
-                                                mesh)
-    return rows
+    measured as the stages measure theirs (stages.StageModels: one compiled eval step for all)."""
+    models, sets = StageModels(config), probes(config)
+    return {"base": models.perplexities(sets), **{variant: models.perplexities(sets, workdir)
+                                                  for variant, workdir in finals.items()}}
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:

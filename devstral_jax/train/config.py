@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import types
 
 import ml_collections
 
@@ -98,11 +99,16 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     parse_curriculum(config.data.curriculum, config.train.steps)
 
 
-def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:
-    """`get_config()` of `configs/<name>.py` beside `this_file`: lets one config file build on another
-    (config files are loaded by path, not imported as a package)."""
+def sibling_module(this_file: str, name: str) -> types.ModuleType:
+    """The module `configs/<name>.py` beside `this_file` (config files are loaded by path, not imported as a
+    package)."""
     path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module
+
+
+def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:
+    """`get_config()` of `configs/<name>.py` beside `this_file`: lets one config file build on another."""
+    return sibling_module(this_file, name).get_config()

@@ -235,7 +235,7 @@ def rehearsal_record(prompt: Prompt, answer: str, stage: str, step: int, samplin
 def prepare(name: str, stage_config: ml_collections.ConfigDict, earlier: Sequence[ml_collections.ConfigDict],
             stage_workdir: str, previous_name: str, previous_workdir: str, models: Any) -> dict[str, Any]:
     """Makes (or, on a rerun, reads) the stage's rehearsal and adds it to the stage's data: the file to
-    `data.train_paths`, the source `rehearsal` to `data.mixture`. `models`: stages._StageModels, which loads the
+    `data.train_paths`, the source `rehearsal` to `data.mixture`. `models`: stages.StageModels, which loads the
     previous stage's model. Returns the report."""
     settings = stage_config.rehearsal
     if not previous_workdir:

@@ -52,7 +52,7 @@ def train_stages(config: ml_collections.ConfigDict, workdir: str) -> trainer.Tra
     configs = stage_configs(config)
     probes = {"general_code": forgetting.general_code_spec(config.data.seq_len, config.data.batch_size)}
     probes.update({name: trainer.data_spec(c, "validation") for name, c in configs.items()})
-    models = _StageModels(config)
+    models = StageModels(config)
     table = {"base": models.perplexities(probes)}
     previous, result = config.train.init_adapters_from, None
     done: list[tuple[str, ml_collections.ConfigDict]] = []  # the stages before this one, for rehearsal
@@ -76,7 +76,7 @@ def train_stages(config: ml_collections.ConfigDict, workdir: str) -> trainer.Tra
     return result
 
 
-class _StageModels:
+class StageModels:
     """The model after each stage (its final adapters on the base), on one device, for the forgetting probes and
     the EWC Fisher. The base is rebuilt for each use and released after it, so a run never holds two bases."""
 
