@@ -2,7 +2,7 @@
 before and after QLoRA fine-tuning by our trainer on our Elixir data, measured on identical settings:
 
 - HumanEval-Elixir (all 161 problems) through launch/evaluate.py: pass@1 and the share of completions that
-  compile, greedy; with --sampled also T=0.2, n=10;
+  compile, greedy; with --sampled also T=0.2, n=10 (on the first --sampled_problems);
 - Elixir validation perplexity: the validation split's text records of the training data (held out by the
   data, never trained on);
 - forgetting: perplexity on code that is not Elixir, Python standard library sources on this machine.
@@ -62,6 +62,8 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Tokens per HumanEval com
 _MAX_PROBLEMS = flags.DEFINE_integer("max_problems", 0, "HumanEval problems (0: all 161).")
 _TRAIN = flags.DEFINE_bool("train", True, "Run (or resume) the training; --notrain evaluates the run already there.")
 _SAMPLED = flags.DEFINE_bool("sampled", False, "Also T=0.2 with 10 samples per problem (10x the sampling).")
+_SAMPLED_PROBLEMS = flags.DEFINE_integer("sampled_problems", 0, "HumanEval problems of the T=0.2 n=10 setting, "
+                                         "the first N (0: as --max_problems): on a CPU all 161 take hours.")
 _PPL_TOKENS = flags.DEFINE_integer("perplexity_tokens", 20_000, "Predicted tokens per perplexity measurement.")
 _PPL_SEQ = flags.DEFINE_integer("perplexity_seq_len", 256, "Context of each perplexity window.")
 _DATA = flags.DEFINE_string("data", "", "A prepared corpus folder (launch/prepare_data.py's output_dir) to train "
@@ -96,7 +98,7 @@ def train(workdir: Path, overrides: list[str]) -> None:
     _python("launch/train.py", f"--config={train_config_arg()}", f"--workdir={workdir / 'run'}", *overrides)
 
 
-def evaluate(model: str, output_dir: Path, temperature: float, samples: int) -> dict:
+def evaluate(model: str, output_dir: Path, temperature: float, samples: int, max_problems: int) -> dict:
     """launch/evaluate.py's per-benchmark summaries of `model` (the GGUF base or the training workdir) on
     HumanEval-Elixir (and, with --data, the doctest benchmark of its held-out packages), with the base's
     execution settings (NF4 kernels, LoRA r=16) so the base matches the fine-tuned model exactly."""
@@ -107,7 +109,7 @@ def evaluate(model: str, output_dir: Path, temperature: float, samples: int) -> 
     _python("launch/evaluate.py", f"--config={EVAL_CONFIG}", f"--model={model}", f"--benchmark={HUMANEVAL_EX}",
             *doctest_records, f"--output_dir={output_dir}",
             *execution, f"--config.eval.max_new_tokens={_MAX_NEW.value}",
-            f"--config.eval.max_problems={_MAX_PROBLEMS.value}", f"--config.eval.temperature={temperature}",
+            f"--config.eval.max_problems={max_problems}", f"--config.eval.temperature={temperature}",
             f"--config.eval.num_samples={samples}", "--config.eval.sandbox=best_effort")
     return json.loads((output_dir / "summary.json").read_text())["benchmarks"]
 
@@ -158,6 +160,8 @@ def table(results: dict) -> str:
         if section not in results["base"]:
             continue
         before, after = (results[name][section][key] * scale for name in ("base", "fine-tuned"))
+        if "problems" in results["base"][section]:
+            label += f" ({results['base'][section]['problems']} problems)"
         change = f"{after - before:+.1f} points" if unit else f"{100 * (after / before - 1):+.1f}%"
         lines.append(f"| {label} | {before:.1f}{unit} | {after:.1f}{unit} | {change} |")
     return "\n".join(lines)
@@ -185,23 +189,29 @@ def main(argv: list[str]) -> None:
     if _TRAIN.value:
         train(workdir, overrides)
     results: dict = {"base": {}, "fine-tuned": {}}
-    settings = [("humaneval_greedy", 0.0, 1)] + ([("humaneval_sampled", 0.2, 10)] if _SAMPLED.value else [])
-    for section, temperature, samples in settings:
+    # Perplexities first: minutes, where the HumanEval sampling below takes the better part of an hour.
+    for name, kinds in perplexities(workdir).items():
+        results[name]["perplexity"] = {kind: result["perplexity"] for kind, result in kinds.items()}
+        results[name]["perplexity_tokens"] = {kind: result["tokens"] for kind, result in kinds.items()}
+        print(f"{name} perplexity:", results[name]["perplexity"], flush=True)
+    settings = [("humaneval_greedy", 0.0, 1, _MAX_PROBLEMS.value)]
+    if _SAMPLED.value:
+        settings.append(("humaneval_sampled", 0.2, 10, _SAMPLED_PROBLEMS.value or _MAX_PROBLEMS.value))
+    for section, temperature, samples, max_problems in settings:
         for name, model in (("base", str(sibling_config(str(TRAIN_CONFIG), TRAIN_CONFIG.stem).base)),
                             ("fine-tuned", str(workdir / "run"))):
-            summaries = evaluate(model, workdir / f"eval_{name}_{section}", temperature, samples)
+            summaries = evaluate(model, workdir / f"eval_{name}_{section}", temperature, samples, max_problems)
             for benchmark, summary in summaries.items():
                 key = section.replace("humaneval", "doctests") if benchmark == "doctests" else section
                 results[name][key] = {k: summary[k] for k in ("pass@k", "compile_rate", "problems", "samples",
                                                               "statuses")}
                 results[name][key]["pass@1"] = summary["pass@k"]["pass@1"]
-    for name, kinds in perplexities(workdir).items():
-        results[name]["perplexity"] = {kind: result["perplexity"] for kind, result in kinds.items()}
-        results[name]["perplexity_tokens"] = {kind: result["tokens"] for kind, result in kinds.items()}
     results["training"] = {"config": str(TRAIN_CONFIG.relative_to(ROOT)), "data": _DATA.value or "sample",
                            "overrides": overrides,
                            "validation_loss": validation_losses(workdir)}
     results["settings"] = {"max_new_tokens": _MAX_NEW.value, "max_problems": _MAX_PROBLEMS.value or "all",
+                           "sampled_problems": (_SAMPLED_PROBLEMS.value or _MAX_PROBLEMS.value or "all")
+                           if _SAMPLED.value else None,
                            "perplexity_tokens": _PPL_TOKENS.value, "perplexity_seq_len": _PPL_SEQ.value,
                            "platform": jax.devices()[0].platform, "cpu_count": os.cpu_count()}
     out = Path(_OUT.value)
